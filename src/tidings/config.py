@@ -1,0 +1,58 @@
+"""Settings: the only place that reads the environment.
+
+Every setting is a ``TIDINGS_*`` environment variable (or a line in ``.env``),
+read once at start into a frozen :class:`Settings`. Durations accept seconds
+(``15``, ``0.5``) or an ISO 8601 duration (``PT15S``, ``P3D``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Settings(BaseSettings):
+    """Typed configuration of one tidings process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIDINGS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite:///./tidings.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    allow_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    connect_timeout: timedelta = timedelta(seconds=5)
+    request_timeout: timedelta = timedelta(seconds=15)
+    max_in_flight: int = Field(default=256, ge=1)
+    endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
+    claim_batch: int = Field(default=500, ge=1)
+    lease: timedelta = timedelta(seconds=60)
+    retention: timedelta = timedelta(days=3)
+    retry_after_max: timedelta = timedelta(hours=1)
+    secret_grace: timedelta = timedelta(hours=24)
+    idempotency_ttl: timedelta = timedelta(hours=24)
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allow_networks", mode="after")
+    @classmethod
+    def _strict_networks(cls, value: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+        return tuple(ipaddress.ip_network(str(net), strict=False) for net in value)

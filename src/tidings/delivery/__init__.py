@@ -1,0 +1,1 @@
+"""The delivery engine: what to claim (dispatcher), what an outcome means (policy)."""

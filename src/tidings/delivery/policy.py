@@ -1,0 +1,287 @@
+"""The retry policy: what one delivery attempt's outcome means, and when to try again.
+
+Everything here is a pure function: the current time and the random source are
+parameters, so the engine passes its :class:`~tidings.clock.Clock`'s ``now()`` and
+a ``random.Random``, and tests pass fixed datetimes and a seeded generator.
+
+The policy, in the order :func:`decide` applies it:
+
+* **Success** is a ``2xx`` answer and nothing else. A ``3xx`` is *not* success:
+  redirects are not followed (a redirect could point the request anywhere, past
+  the address guard), so it is retried like any other failure.
+* **Blocked**: an attempt the address guard refused (``error == "blocked"``, an
+  SSRF refusal) is dead at once and never retried; the reason carries its detail.
+* **Gone**: ``410 Gone`` is the receiver saying the endpoint is gone for good;
+  the message is dead and the decision asks for the endpoint to be disabled.
+* Everything else (other ``3xx``/``4xx``/``5xx``, timeouts, connection errors,
+  no response at all) is **retryable**, along a schedule:
+
+  - ``schedule[i]`` is the delay in seconds before attempt ``i + 1``, and
+    ``len(schedule)`` is the most attempts a message gets. :data:`DEFAULT_SCHEDULE`
+    sends at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h later.
+    After the last attempt fails the message is dead, *exhausted*.
+  - Each non-zero delay gets ±20 % uniform **jitter** (:data:`JITTER`), so the
+    retries of many messages that failed together do not arrive together.
+  - A parseable **Retry-After** header (seconds or an HTTP-date, on any retryable
+    status, typically 429 or 503) *replaces* the scheduled delay, clamped to
+    ``[1 s, retry_after_max]`` so a receiver can neither make us hammer it nor
+    park a message for a week. It does not add attempts.
+* **Expiry**: a message is kept at most ``retention`` after it was created. When
+  that has passed, or the next attempt would fall after it, the message is dead,
+  *expired*, rather than retried.
+
+A dead :class:`Decision` always has a ``reason``, human-readable and starting with
+a stable prefix (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``) that
+callers may match on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+__all__ = [
+    "DEFAULT_SCHEDULE",
+    "JITTER",
+    "MAX_SCHEDULE_DELAY",
+    "MAX_SCHEDULE_LENGTH",
+    "Decision",
+    "Outcome",
+    "Verdict",
+    "decide",
+    "first_attempt_at",
+    "is_expired",
+    "jittered",
+    "parse_retry_after",
+    "validate_schedule",
+]
+
+DEFAULT_SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+"""Seconds before each attempt; ``len(DEFAULT_SCHEDULE)`` is the maximum number of attempts."""
+
+JITTER = 0.2
+"""Each non-zero delay is drawn uniformly from ``[delay * (1 - JITTER), delay * (1 + JITTER)]``."""
+
+MAX_SCHEDULE_LENGTH = 20
+"""The most entries (hence attempts) a user-supplied schedule may have."""
+
+MAX_SCHEDULE_DELAY = timedelta(days=7)
+"""The longest single delay a user-supplied schedule may ask for."""
+
+RETRY_AFTER_MIN = timedelta(seconds=1)
+"""The shortest delay a Retry-After header can obtain."""
+
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+# Longer digit strings are capped rather than parsed: int() refuses > 4300 digits
+# and timedelta overflows long before that. ~31 years is "very long" for any caller.
+_DELTA_SECONDS_MAX_DIGITS = 9
+_DELTA_SECONDS_CAP = 10**_DELTA_SECONDS_MAX_DIGITS
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt produced."""
+
+    status: int | None
+    """The HTTP status, or ``None`` when there was no response."""
+    error: str | None = None
+    """The error class when there was no response: ``"timeout"``, ``"connect_error"``,
+    ``"connection_closed"``, ``"blocked"``, ..."""
+    retry_after: str | None = None
+    """The raw ``Retry-After`` header value, if the response had one."""
+    detail: str | None = None
+    """Human detail, e.g. why the address guard refused the destination."""
+
+    @property
+    def succeeded(self) -> bool:
+        """True for a ``2xx`` answer only (``3xx`` is not success: redirects are not followed)."""
+        return self.status is not None and 200 <= self.status <= 299
+
+    @property
+    def status_class(self) -> str:
+        """A low-cardinality metrics label: ``"1xx"`` .. ``"5xx"``, ``"none"`` or ``"other"``.
+
+        ``"none"`` means no response; ``"other"`` a status outside 100..599.
+        """
+        if self.status is None:
+            return "none"
+        if 100 <= self.status <= 599:
+            return f"{self.status // 100}xx"
+        return "other"
+
+    @property
+    def summary(self) -> str:
+        """A short description for reasons and logs: ``"HTTP 503"``, ``"timeout"``, ..."""
+        if self.status is not None:
+            return f"HTTP {self.status}"
+        return self.error or "no response"
+
+
+class Verdict(StrEnum):
+    """What becomes of a message after an attempt."""
+
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy's answer to one outcome."""
+
+    verdict: Verdict
+    next_attempt_at: datetime | None = None
+    """When to try again; set for :attr:`Verdict.RETRY` only."""
+    reason: str | None = None
+    """Why the message is dead; always set for :attr:`Verdict.DEAD`, with a stable prefix
+    (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``)."""
+    disable_endpoint: bool = False
+    """True when the endpoint answered ``410 Gone`` and should be disabled."""
+
+    def __post_init__(self) -> None:
+        if (self.verdict is Verdict.RETRY) != (self.next_attempt_at is not None):
+            raise ValueError("next_attempt_at is required for RETRY and only for RETRY")
+        if self.verdict is Verdict.DEAD and not self.reason:
+            raise ValueError("a DEAD decision needs a reason")
+
+
+def decide(
+    outcome: Outcome,
+    *,
+    attempt: int,
+    created_at: datetime,
+    now: datetime,
+    schedule: Sequence[float] = DEFAULT_SCHEDULE,
+    retention: timedelta = timedelta(days=3),
+    retry_after_max: timedelta = timedelta(hours=1),
+    rng: random.Random,
+) -> Decision:
+    """Decide what follows ``outcome``, the result of attempt number ``attempt`` (1-based).
+
+    ``created_at`` is when the message was created and ``now`` when the attempt
+    finished, both timezone-aware. See the module docstring for the policy.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt is 1-based, got {attempt}")
+    _require_aware(created_at=created_at, now=now)
+
+    if outcome.succeeded:
+        return Decision(Verdict.SUCCEEDED)
+    if outcome.error == "blocked":
+        detail = outcome.detail or "destination address refused"
+        return Decision(Verdict.DEAD, reason=f"blocked: {detail}")
+    if outcome.status == 410:
+        return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
+
+    last = f"{attempt} attempt{'' if attempt == 1 else 's'}, last: {outcome.summary}"
+    if attempt >= len(schedule):
+        return Decision(Verdict.DEAD, reason=f"exhausted: {last}")
+
+    delay = timedelta(seconds=jittered(schedule[attempt], rng))
+    if outcome.retry_after is not None:
+        asked = parse_retry_after(outcome.retry_after, now)
+        if asked is not None:
+            delay = min(max(asked, RETRY_AFTER_MIN), retry_after_max)
+
+    next_attempt_at = now + delay
+    if is_expired(created_at, now, retention) or next_attempt_at > created_at + retention:
+        return Decision(
+            Verdict.DEAD, reason=f"expired: older than {_human(retention)} after {last}"
+        )
+    return Decision(Verdict.RETRY, next_attempt_at=next_attempt_at)
+
+
+def first_attempt_at(
+    created_at: datetime, *, schedule: Sequence[float] = DEFAULT_SCHEDULE, rng: random.Random
+) -> datetime:
+    """When a message created at ``created_at`` gets its first attempt: ``schedule[0]`` later."""
+    if not schedule:
+        raise ValueError("the schedule is empty")
+    return created_at + timedelta(seconds=jittered(schedule[0], rng))
+
+
+def parse_retry_after(value: str, now: datetime) -> timedelta | None:
+    """How long a ``Retry-After`` header value asks to wait, or ``None`` if it is garbage.
+
+    Accepts delta-seconds (a non-negative integer) and an HTTP-date (RFC 9110
+    IMF-fixdate, and the obsolete RFC 850 and asctime forms; a date without a zone
+    is taken as UTC). A date in the past gives ``timedelta(0)``. Never raises.
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if _DELTA_SECONDS.fullmatch(text):
+        digits = text.lstrip("0")
+        if len(digits) > _DELTA_SECONDS_MAX_DIGITS:
+            return timedelta(seconds=_DELTA_SECONDS_CAP)
+        return timedelta(seconds=int(digits or "0"))
+    try:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        wait = when - now
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(wait, timedelta(0))
+
+
+def jittered(delay: float, rng: random.Random) -> float:
+    """``delay`` seconds with ±:data:`JITTER` uniform jitter; ``0`` stays ``0``."""
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"a delay must be a finite number of seconds >= 0, got {delay!r}")
+    if delay == 0:
+        return 0.0
+    low, high = delay * (1 - JITTER), delay * (1 + JITTER)
+    # Clamp: float rounding in uniform() may land a hair outside [low, high].
+    return min(max(rng.uniform(low, high), low), high)
+
+
+def validate_schedule(schedule: Sequence[float]) -> tuple[float, ...]:
+    """Check a user-supplied retry schedule and return it as a tuple of floats.
+
+    It must have 1 to :data:`MAX_SCHEDULE_LENGTH` entries, each a finite number of
+    seconds between 0 and :data:`MAX_SCHEDULE_DELAY`. Raises ``ValueError`` otherwise.
+    """
+    if isinstance(schedule, str | bytes) or not isinstance(schedule, Sequence):
+        raise ValueError("retry schedule must be a list of delays in seconds")
+    if not 1 <= len(schedule) <= MAX_SCHEDULE_LENGTH:
+        raise ValueError(
+            f"retry schedule must have 1 to {MAX_SCHEDULE_LENGTH} entries, got {len(schedule)}"
+        )
+    limit = MAX_SCHEDULE_DELAY.total_seconds()
+    for index, delay in enumerate(schedule):
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise ValueError(f"retry schedule entry {index} must be a number, got {delay!r}")
+        if not math.isfinite(delay) or not 0 <= delay <= limit:
+            raise ValueError(
+                f"retry schedule entry {index} must be between 0 and {limit:g} seconds "
+                f"({_human(MAX_SCHEDULE_DELAY)}), got {delay!r}"
+            )
+    return tuple(float(delay) for delay in schedule)
+
+
+def is_expired(created_at: datetime, now: datetime, retention: timedelta) -> bool:
+    """True once ``now`` is at or past ``created_at + retention``."""
+    return now >= created_at + retention
+
+
+def _require_aware(**moments: datetime) -> None:
+    for name, moment in moments.items():
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError(f"{name} must be timezone-aware, got {moment!r}")
+
+
+def _human(span: timedelta) -> str:
+    """``timedelta(days=3)`` -> ``"3 days"``; the largest unit that divides ``span`` exactly."""
+    seconds = span.total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds:g} seconds"

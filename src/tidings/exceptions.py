@@ -1,0 +1,73 @@
+"""The one error tree of tidings; the API turns each into a problem document.
+
+::
+
+    TidingsError
+    ├── InvalidInput            400/422: a request that can never succeed as sent
+    │   └── InvalidEndpointUrl  not http(s), no host, or an address the guard refuses
+    ├── NotFound                404: no such object for this tenant
+    ├── Conflict                409: e.g. an Idempotency-Key reused with another body
+    ├── Unauthorized            401: a bad or missing credential
+    ├── Forbidden               403: a valid credential on a route it may not use
+    ├── AddressBlocked          a delivery's destination resolved to a refused address
+    └── StoreError              the store failed; the request may be retried
+        └── StoreUnavailable    the store cannot be reached at all
+"""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """Root of every error tidings raises on purpose."""
+
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidInput(TidingsError):
+    status = 422
+    title = "Invalid input"
+
+
+class InvalidEndpointUrl(InvalidInput):
+    title = "Invalid endpoint URL"
+
+
+class NotFound(TidingsError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(TidingsError):
+    status = 409
+    title = "Conflict"
+
+
+class Unauthorized(TidingsError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(TidingsError):
+    status = 403
+    title = "Forbidden"
+
+
+class AddressBlocked(TidingsError):
+    """The SSRF guard refused every address a destination resolved to."""
+
+    status = 422
+    title = "Address blocked"
+
+
+class StoreError(TidingsError):
+    status = 503
+    title = "Store error"
+
+
+class StoreUnavailable(StoreError):
+    title = "Store unavailable"

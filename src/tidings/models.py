@@ -1,0 +1,200 @@
+"""Frozen value objects and state enums shared by the store, the engine and the API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, Self, TypeVar
+
+T = TypeVar("T")
+
+
+class EndpointState(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    HELD = "held"
+
+
+REPLAYABLE_STATES = (DeliveryState.DEAD, DeliveryState.HELD)
+
+
+class _Record:
+    """Mixin of the frozen records: ``evolve`` returns a changed copy."""
+
+    def evolve(self, **changes: Any) -> Self:
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant(_Record):
+    id: str
+    name: str
+    owner_email: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey(_Record):
+    id: str
+    tenant_id: str
+    prefix: str
+    key_hash: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint(_Record):
+    id: str
+    tenant_id: str
+    url: str
+    description: str
+    event_types: tuple[str, ...]
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    max_in_flight: int
+    rate_limit_per_s: float | None
+    retry_schedule: tuple[float, ...] | None
+    state: EndpointState
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def accepts(self, event_type: str) -> bool:
+        """Whether a message of ``event_type`` goes to this endpoint (empty filter: all)."""
+        return not self.event_types or event_type in self.event_types
+
+    def signing_secrets(self, now: datetime) -> tuple[str, ...]:
+        """The secrets to sign with now: the current one, and the previous during its grace."""
+        if (
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and now < (self.previous_secret_expires_at)
+        ):
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message as the producer sent it, before it is stored."""
+
+    tenant_id: str
+    event_type: str
+    payload: bytes
+    idempotency_key: str | None
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The answer to an ingest: a stored message and its deliveries (or the first answer again)."""
+
+    message_id: str
+    deliveries: tuple[tuple[str, str], ...]  # (delivery id, endpoint id)
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Message(_Record):
+    id: str
+    tenant_id: str
+    event_type: str
+    payload: bytes
+    idempotency_key: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(_Record):
+    id: str
+    message_id: str
+    tenant_id: str
+    endpoint_id: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    dead_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    succeeded_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt(_Record):
+    id: str
+    delivery_id: str
+    number: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    message: Message
+    deliveries: tuple[Delivery, ...]
+    attempts: Mapping[str, tuple[Attempt, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery the dispatcher leased, with what it needs to send it."""
+
+    delivery_id: str
+    message_id: str
+    endpoint_id: str
+    event_type: str
+    payload: bytes
+    attempts: int
+    created_at: datetime
+    message_created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What the engine writes back for one finished attempt."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempt: Attempt
+    state: DeliveryState
+    next_attempt_at: datetime | None
+    dead_reason: str | None
+    disable_endpoint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    state: DeliveryState | None = None
+    endpoint_id: str | None = None
+    message_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySelector:
+    ids: tuple[str, ...] = ()
+    endpoint_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    next_cursor: str | None

@@ -1,0 +1,156 @@
+"""The tables, as SQLAlchemy Core objects shared by every backend.
+
+Times are stored as integer microseconds since the Unix epoch (:class:`Timestamp`):
+one portable, indexable representation for SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime stored as microseconds since the epoch."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        return (value - EPOCH) // _MICRO
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return EPOCH + int(value) * _MICRO
+
+
+metadata = MetaData()
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("owner_email", String(320), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("event_types", Text, nullable=False),  # JSON array
+    Column("secret", String(100), nullable=False),
+    Column("previous_secret", String(100)),
+    Column("previous_secret_expires_at", Timestamp),
+    Column("max_in_flight", Integer, nullable=False),
+    Column("rate_limit_per_s", Float),
+    Column("retry_schedule", Text),  # JSON array of seconds, or NULL for the default
+    Column("state", String(16), nullable=False),
+    Column("disabled_reason", Text),
+    Column("deleted_at", Timestamp),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Index("ix_endpoints_tenant", "tenant_id", "id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id"), nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("idempotency_key", String(200)),
+    Column("created_at", Timestamp, nullable=False),
+    Index("ix_messages_tenant", "tenant_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("message_id", String(40), nullable=False),
+    Column("response", Text, nullable=False),  # JSON of the first answer
+    Column("created_at", Timestamp, nullable=False, index=True),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("message_id", String(40), ForeignKey("messages.id"), nullable=False, index=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("endpoint_id", String(40), ForeignKey("endpoints.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Timestamp),
+    Column("lease_expires_at", Timestamp),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("dead_reason", Text),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("succeeded_at", Timestamp),
+    Index("ix_deliveries_claim", "endpoint_id", "state", "next_attempt_at"),
+    Index("ix_deliveries_due", "state", "next_attempt_at"),
+    Index("ix_deliveries_lease", "state", "lease_expires_at"),
+    Index("ix_deliveries_tenant", "tenant_id", "id"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("delivery_id", String(40), ForeignKey("deliveries.id"), nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("response_excerpt", Text),
+)
