@@ -397,11 +397,13 @@ def test_validate_schedule_rejects(schedule: list[float], message: str) -> None:
 # --- decide's guards -------------------------------------------------------------------
 
 
-def test_decide_rejects_attempt_zero_and_naive_datetimes() -> None:
+def test_decide_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="1-based"):
         _decide(Outcome(500), attempt=0)
     with pytest.raises(ValueError, match="timezone-aware"):
         _decide(Outcome(500), now=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="retry_after_max"):
+        _decide(Outcome(500), retry_after_max=timedelta(0))
 
 
 def test_decision_invariants() -> None:

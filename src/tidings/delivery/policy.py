@@ -169,6 +169,10 @@ def decide(
     """
     if attempt < 1:
         raise ValueError(f"attempt is 1-based, got {attempt}")
+    if retry_after_max < RETRY_AFTER_MIN:
+        raise ValueError(
+            f"retry_after_max must be at least {RETRY_AFTER_MIN}, got {retry_after_max}"
+        )
     _require_aware(created_at=created_at, now=now)
 
     if outcome.succeeded:

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): routers per noun, problem documents for every error."""

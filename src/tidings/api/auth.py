@@ -1,0 +1,78 @@
+"""Bearer authentication: the admin token for tenant management, API keys for the rest.
+
+Only SHA-256 hashes of credentials are stored. A tenant key's hash is looked
+up in the store and the answer cached for a short while, so ingest at high
+rates does not hit the store to authenticate.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tidings.app import Tidings, sha256
+from tidings.exceptions import Forbidden, Unauthorized
+
+KEY_CACHE_TTL_S = 30.0
+
+
+def get_tidings(request: Request) -> Tidings:
+    app: Tidings = request.app.state.tidings
+    return app
+
+
+App = Annotated[Tidings, Depends(get_tidings)]
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Unauthorized("send an `Authorization: Bearer <key>` header")
+    return credential.strip()
+
+
+class KeyCache:
+    """API key hash to tenant id, remembered for ``KEY_CACHE_TTL_S``."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str | None, float]] = {}
+
+    async def tenant(self, app: Tidings, key_hash: str) -> str | None:
+        hit = self._entries.get(key_hash)
+        now = time.monotonic()
+        if hit and hit[1] > now:
+            return hit[0]
+        tenant_id = await app.store.tenant_for_key(key_hash)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key_hash] = (tenant_id, now + KEY_CACHE_TTL_S)
+        return tenant_id
+
+
+async def require_admin(request: Request, app: App) -> None:
+    digest = sha256(_bearer(request))
+    if hmac.compare_digest(digest, app.admin_token_hash):
+        return
+    if await request.app.state.keys.tenant(app, digest):
+        raise Forbidden("this route needs the admin token; a tenant API key cannot use it")
+    raise Unauthorized("the admin token is not valid")
+
+
+async def require_tenant(request: Request, app: App) -> str:
+    digest = sha256(_bearer(request))
+    tenant_id: str | None = await request.app.state.keys.tenant(app, digest)
+    if tenant_id:
+        return tenant_id
+    if hmac.compare_digest(digest, app.admin_token_hash):
+        raise Forbidden(
+            "this route needs a tenant API key, not the admin token; "
+            "create one with POST /v1/tenants/{id}/api-keys"
+        )
+    raise Unauthorized("the API key is not valid")
+
+
+TenantId = Annotated[str, Depends(require_tenant)]
+Admin = Depends(require_admin)

@@ -1,0 +1,116 @@
+"""Messages in, deliveries out: ingest, inspection, listing and replay."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Query, Response
+
+from tidings.api.auth import App, TenantId
+from tidings.api.schemas import (
+    AcceptedDelivery,
+    AcceptedOut,
+    AttemptOut,
+    DeliveryOut,
+    DeliveryWithAttempts,
+    MessageIn,
+    MessageOut,
+    PageOut,
+    ReplayIn,
+    ReplayOut,
+)
+from tidings.exceptions import InvalidInput, NotFound
+from tidings.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySelector
+
+router = APIRouter(tags=["messages"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Resending with the same key and body returns the first answer; "
+        "the same key with another body is a 409. Keys are kept for 24 h.",
+    ),
+]
+
+
+@router.post("/v1/messages", status_code=202)
+async def create_message(
+    body: MessageIn,
+    response: Response,
+    tenant_id: TenantId,
+    app: App,
+    idempotency_key: IdempotencyKey = None,
+) -> AcceptedOut:
+    """Accept a message; the answer comes once it is committed to the store."""
+    payload = orjson.dumps(body.payload)
+    request_hash = hashlib.sha256(body.event_type.encode() + b"\n" + payload).hexdigest()
+    accepted = await app.accept(
+        NewMessage(tenant_id, body.event_type, payload, idempotency_key, request_hash)
+    )
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return AcceptedOut(
+        id=accepted.message_id,
+        deliveries=[AcceptedDelivery(id=d, endpoint_id=e) for d, e in accepted.deliveries],
+    )
+
+
+@router.get("/v1/messages/{message_id}")
+async def get_message(message_id: str, tenant_id: TenantId, app: App) -> MessageOut:
+    detail = await app.store.get_message(tenant_id, message_id)
+    if detail is None:
+        raise NotFound(f"no message {message_id!r}")
+    message = detail.message
+    return MessageOut(
+        id=message.id,
+        event_type=message.event_type,
+        payload=orjson.loads(message.payload),
+        idempotency_key=message.idempotency_key,
+        created_at=message.created_at,
+        deliveries=[
+            DeliveryWithAttempts(
+                **DeliveryOut.of(d).model_dump(),
+                attempt_log=[AttemptOut.of(a) for a in detail.attempts.get(d.id, ())],
+            )
+            for d in detail.deliveries
+        ],
+    )
+
+
+@router.get("/v1/deliveries")
+async def list_deliveries(
+    tenant_id: TenantId,
+    app: App,
+    state: DeliveryState | None = None,
+    endpoint_id: str | None = None,
+    message_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> PageOut[DeliveryOut]:
+    """Deliveries, newest first, filtered; follow ``next_cursor`` for the next page."""
+    where = DeliveryFilter(state, endpoint_id, message_id, since, until)
+    page = await app.store.list_deliveries(tenant_id, where, cursor=cursor, limit=limit)
+    return PageOut(data=[DeliveryOut.of(d) for d in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("/v1/deliveries/replay")
+async def replay(body: ReplayIn, tenant_id: TenantId, app: App) -> ReplayOut:
+    """Return dead or held deliveries to pending, to be attempted again at once."""
+    if not (body.ids or body.endpoint_id or body.since or body.until):
+        raise InvalidInput("name the deliveries to replay: ids, endpoint_id, since or until")
+    if body.endpoint_id and await app.store.get_endpoint(tenant_id, body.endpoint_id) is None:
+        raise NotFound(f"no endpoint {body.endpoint_id!r}")
+    selector = ReplaySelector(tuple(body.ids or ()), body.endpoint_id, body.since, body.until)
+    replayed = await app.store.replay(tenant_id, selector, app.clock.now())
+    if replayed:
+        app.dispatcher.wake()
+    return ReplayOut(replayed=replayed)

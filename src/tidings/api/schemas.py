@@ -1,0 +1,196 @@
+"""Request and response bodies of the v1 API (pydantic; FastAPI validates and documents them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+import re
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+
+from tidings.delivery.policy import validate_schedule
+from tidings.models import (
+    Attempt,
+    Delivery,
+    DeliveryState,
+    Endpoint,
+    EndpointState,
+    Tenant,
+)
+
+T = TypeVar("T")
+
+EventType = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+_EMAIL = re.compile(r"^[^@\s\"(),:;<>\[\\\]]{1,64}@(?=.{1,255}$)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError("not an email address of the form name@example.com")
+    return value
+
+
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+Schedule = Annotated[list[float], AfterValidator(lambda v: list(validate_schedule(v)))]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    owner_email: Email
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    owner_email: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantOut:
+        return cls(**{name: getattr(tenant, name) for name in cls.model_fields})
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    prefix: str
+    key: str = Field(description="The API key. It is shown only this once; store it now.")
+    created_at: datetime
+
+
+class EndpointIn(_In):
+    url: str = Field(min_length=1, max_length=2048)
+    description: str = Field(default="", max_length=1000)
+    event_types: list[EventType] = Field(
+        default_factory=list, max_length=100, description="Empty: every event type."
+    )
+    max_in_flight: int | None = Field(default=None, ge=1, le=1000)
+    rate_limit_per_s: float | None = Field(default=None, gt=0, le=100_000)
+    retry_schedule: Schedule | None = Field(
+        default=None, description="Seconds before each attempt; overrides the default schedule."
+    )
+
+
+class EndpointPatch(_In):
+    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    description: str | None = Field(default=None, max_length=1000)
+    event_types: list[EventType] | None = Field(default=None, max_length=100)
+    max_in_flight: int | None = Field(default=None, ge=1, le=1000)
+    rate_limit_per_s: float | None = Field(default=None, gt=0, le=100_000)
+    retry_schedule: Schedule | None = None
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    description: str
+    event_types: list[str]
+    secret: str
+    max_in_flight: int
+    rate_limit_per_s: float | None
+    retry_schedule: list[float] | None
+    state: EndpointState
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, ep: Endpoint) -> EndpointOut:
+        return cls(
+            id=ep.id,
+            url=ep.url,
+            description=ep.description,
+            event_types=list(ep.event_types),
+            secret=ep.secret,
+            max_in_flight=ep.max_in_flight,
+            rate_limit_per_s=ep.rate_limit_per_s,
+            retry_schedule=list(ep.retry_schedule) if ep.retry_schedule else None,
+            state=ep.state,
+            disabled_reason=ep.disabled_reason,
+            created_at=ep.created_at,
+            updated_at=ep.updated_at,
+        )
+
+
+class MessageIn(_In):
+    event_type: EventType
+    payload: JsonValue = Field(description="Any JSON value; delivered as the envelope's `data`.")
+
+
+class AcceptedDelivery(BaseModel):
+    id: str
+    endpoint_id: str
+
+
+class AcceptedOut(BaseModel):
+    id: str
+    deliveries: list[AcceptedDelivery]
+
+
+class AttemptOut(BaseModel):
+    id: str
+    number: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptOut:
+        return cls(**{name: getattr(a, name) for name in cls.model_fields})
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    message_id: str
+    endpoint_id: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    dead_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    succeeded_at: datetime | None
+
+    @classmethod
+    def of(cls, d: Delivery) -> DeliveryOut:
+        return cls(**{name: getattr(d, name) for name in cls.model_fields})
+
+
+class DeliveryWithAttempts(DeliveryOut):
+    attempt_log: list[AttemptOut]
+
+
+class MessageOut(BaseModel):
+    id: str
+    event_type: str
+    payload: Any
+    idempotency_key: str | None
+    created_at: datetime
+    deliveries: list[DeliveryWithAttempts]
+
+
+class ReplayIn(_In):
+    ids: list[str] | None = Field(default=None, max_length=1000)
+    endpoint_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class ReplayOut(BaseModel):
+    replayed: int
+
+
+class PageOut(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )

@@ -1,0 +1,155 @@
+"""The composition root: builds the store, channel, engine and metrics, and runs them.
+
+:class:`Tidings` owns every resource of one process. ``start`` migrates the
+store, makes sure an admin token exists and starts the supervised background
+tasks; ``stop`` lets in-flight attempts finish (up to a grace period), flushes
+what is queued and closes everything. If a background task dies, ``failed``
+is set and the process should stop: running on without its dispatcher would
+accept messages it never delivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from tidings.channels.ssrf import SsrfGuard
+from tidings.channels.webhook import WebhookChannel
+from tidings.clock import Clock, SystemClock
+from tidings.config import Settings
+from tidings.delivery.batcher import Batcher
+from tidings.delivery.dispatcher import Dispatcher
+from tidings.exceptions import Conflict
+from tidings.metrics import Metrics
+from tidings.models import Accepted, NewMessage
+from tidings.store import Store, open_store
+
+log = structlog.get_logger(__name__)
+
+ADMIN_TOKEN_SETTING = "admin_token_sha256"
+DEPTH_INTERVAL_S = 5.0
+PURGE_INTERVAL_S = 3600.0
+SHUTDOWN_GRACE_S = 10.0
+
+
+def sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class Tidings:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store or open_store(settings.database_url)
+        self.metrics = Metrics()
+        self.guard = SsrfGuard(allow=settings.allow_networks)
+        self.channel = WebhookChannel(
+            self.guard,
+            connect_timeout=settings.connect_timeout,
+            request_timeout=settings.request_timeout,
+            max_connections=settings.max_in_flight,
+        )
+        self.dispatcher = Dispatcher(
+            self.store, self.channel, settings, self.metrics, self.clock, rng
+        )
+        self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
+        self.admin_token_hash = ""
+        self.new_admin_token: str | None = None
+        self.failed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.store.migrate()
+        await self._ensure_admin_token()
+        await self.channel.open()
+        await self.store.reclaim_expired_leases(self.clock.now())
+        self._supervise("ingest", self.ingest.run)
+        self._supervise("results", self.dispatcher.results.run)
+        self._supervise("dispatcher", self.dispatcher.run)
+        self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
+        self._supervise("purge", self._every(PURGE_INTERVAL_S, self._purge))
+
+    async def stop(self) -> None:
+        dispatcher = next((t for t in self._tasks if t.get_name() == "dispatcher"), None)
+        if dispatcher:
+            dispatcher.cancel()
+        await self.ingest.drain()
+        await self.dispatcher.drain(SHUTDOWN_GRACE_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.channel.close()
+        await self.store.close()
+
+    async def accept(self, message: NewMessage) -> Accepted:
+        """Store ``message`` durably (with group commit) and wake the dispatcher."""
+        result = await self.ingest.submit(message)
+        if isinstance(result, Conflict):
+            raise result
+        self.metrics.accepted(replayed=result.replayed)
+        if result.deliveries and not result.replayed:
+            self.dispatcher.wake()
+        return result
+
+    async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
+        ttl = self.settings.idempotency_ttl.total_seconds()
+        return await self.store.ingest(batch, self.clock.now(), ttl)
+
+    async def _ensure_admin_token(self) -> None:
+        if self.settings.admin_token is not None:
+            self.admin_token_hash = sha256(self.settings.admin_token.get_secret_value())
+            return
+        stored = await self.store.get_setting(ADMIN_TOKEN_SETTING)
+        if stored is None:
+            token = "tda_" + secrets.token_urlsafe(32)
+            stored = sha256(token)
+            await self.store.set_setting(ADMIN_TOKEN_SETTING, stored)
+            self.new_admin_token = token
+        self.admin_token_hash = stored
+
+    async def _count_queue(self) -> None:
+        self.metrics.set_queue_depth(await self.store.queue_depth())
+
+    async def _purge(self) -> None:
+        before = self.clock.now() - self.settings.idempotency_ttl
+        purged = await self.store.purge_idempotency_keys(before)
+        if purged:
+            log.info("idempotency_keys_purged", count=purged)
+
+    def _every(
+        self, interval_s: float, job: Callable[[], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        async def loop() -> None:
+            while True:
+                await job()
+                await asyncio.sleep(interval_s)
+
+        return loop
+
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        async def guarded() -> None:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background_task_died", task=name)
+                self.failed.set()
+                raise
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+
+__all__ = ["Tidings"]

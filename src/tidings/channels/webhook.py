@@ -1,0 +1,123 @@
+"""The webhook channel: one signed POST per attempt, through one shared session.
+
+The session's connector resolves every host through the SSRF guard and
+connects to the address it checked. Redirects are never followed (a 3xx is a
+failed attempt), the response body is read only up to a short excerpt, and
+every failure is reported as an :class:`~tidings.delivery.policy.Outcome`
+rather than raised: the policy decides what it means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from tidings import __version__
+from tidings.channels.signing import signature_headers
+from tidings.channels.ssrf import GuardedResolver, SsrfGuard
+from tidings.delivery.policy import Outcome
+from tidings.exceptions import AddressBlocked
+from tidings.models import Claimed, Endpoint
+
+EXCERPT_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One attempt's outcome, with what the attempt record keeps."""
+
+    outcome: Outcome
+    duration_ms: float
+    excerpt: str | None
+
+
+def webhook_body(claimed: Claimed) -> str:
+    """The JSON body of a message: the Standard Webhooks envelope around the payload."""
+    return orjson.dumps(
+        {
+            "type": claimed.event_type,
+            "timestamp": claimed.message_created_at,
+            "data": orjson.Fragment(claimed.payload),
+        },
+        option=orjson.OPT_UTC_Z,
+    ).decode()
+
+
+class WebhookChannel:
+    def __init__(
+        self,
+        guard: SsrfGuard,
+        *,
+        connect_timeout: timedelta,
+        request_timeout: timedelta,
+        max_connections: int,
+    ) -> None:
+        self._guard = guard
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_timeout.total_seconds(),
+            sock_connect=connect_timeout.total_seconds(),
+        )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._guard),
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=10,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"user-agent": f"tidings/{__version__}", "content-type": "application/json"},
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, endpoint: Endpoint, claimed: Claimed, now: datetime) -> Sent:
+        """Make one attempt; never raises for anything the receiver or network did."""
+        assert self._session is not None, "WebhookChannel.open() was not awaited"
+        body = webhook_body(claimed)
+        headers = signature_headers(endpoint.signing_secrets(now), claimed.message_id, now, body)
+        started = time.perf_counter()
+        try:
+            self._guard.check_destination(URL(endpoint.url).host or "")
+            async with self._session.post(
+                endpoint.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                excerpt = await response.content.read(EXCERPT_BYTES)
+                outcome = Outcome(
+                    status=response.status, retry_after=response.headers.get("retry-after")
+                )
+                return Sent(outcome, _ms_since(started), excerpt.decode("utf-8", "replace"))
+        except AddressBlocked as exc:
+            return Sent(Outcome(None, "blocked", detail=exc.detail), _ms_since(started), None)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error, detail = _classify(exc)
+            return Sent(Outcome(None, error, detail=detail), _ms_since(started), None)
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """An error class for metrics and the policy, and a human detail."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout", "the receiver did not answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_error", str(exc)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "connection_closed", str(exc) or "the receiver closed the connection"
+    return "client_error", f"{type(exc).__name__}: {exc}"
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

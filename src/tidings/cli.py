@@ -1,0 +1,110 @@
+"""The ``tidings`` command: serve, migrate, version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from tidings import __version__, logs
+from tidings.config import Settings
+
+cli = typer.Typer(
+    help="tidings: durable, signed, retried notification delivery.", no_args_is_help=True
+)
+console = Console(stderr=True)
+
+
+@cli.command()
+def serve(
+    role: Annotated[
+        str, typer.Option(help="all: API and delivery worker in one process (the default).")
+    ] = "all",
+) -> None:
+    """Run the API and the delivery worker."""
+    if role != "all":
+        raise typer.BadParameter(
+            "only --role all is available on this version", param_hint="--role"
+        )
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    _run(_serve(settings))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the store's migrations (``serve`` also does this at start)."""
+    from tidings.store import open_store
+
+    settings = Settings()
+
+    async def run() -> None:
+        store = open_store(settings.database_url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    _run(run())
+    console.print(f"[green]migrated[/] {settings.database_url}")
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+async def _serve(settings: Settings) -> None:
+    from tidings.api.app import create_api
+    from tidings.app import Tidings
+
+    tidings = Tidings(settings)
+    await tidings.start()
+    if tidings.new_admin_token:
+        console.print(
+            Panel(
+                f"[bold]{tidings.new_admin_token}[/]\n\nThis admin token is shown only once. "
+                "Keep it: the admin routes (/v1/tenants) need it. Only its hash is stored.",
+                title="admin token",
+            )
+        )
+    config = uvicorn.Config(
+        create_api(tidings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(), name="http")
+    failed = asyncio.create_task(tidings.failed.wait(), name="failure")
+    try:
+        await asyncio.wait({serving, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        failed.cancel()
+        await tidings.stop()
+    if tidings.failed.is_set():
+        raise SystemExit(1)
+
+
+def _run(main: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(main)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
+        asyncio.run(main)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    cli()

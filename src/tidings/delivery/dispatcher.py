@@ -1,0 +1,224 @@
+"""The dispatcher: claims due deliveries fairly, sends them, writes results back.
+
+Each round it asks the store for up to ``free slots`` due deliveries *per
+endpoint* (an endpoint's ``max_in_flight`` less what it has in flight), within
+the global cap, starting from a rotating endpoint so no endpoint is always
+first. A backlog on one endpoint therefore never delays another's next
+delivery, and a hung receiver holds only its own slots.
+
+A slot is released only after the attempt's result is committed, so after a
+crash at most the in-flight deliveries are sent again. Claims are leased: a
+crashed process's in-flight deliveries return to pending when the lease ends.
+
+The dispatcher sleeps until it is woken (new work, a freed slot, an endpoint
+change) or until the next retry or lease falls due; there is no polling delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import structlog
+
+from tidings.channels.webhook import WebhookChannel
+from tidings.clock import Clock
+from tidings.config import Settings
+from tidings.delivery.batcher import Batcher
+from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Verdict, decide
+from tidings.ids import ATTEMPT, new_id
+from tidings.metrics import Metrics
+from tidings.models import Attempt, AttemptResult, Claimed, DeliveryState, Endpoint
+from tidings.store.base import Store
+
+log = structlog.get_logger(__name__)
+
+ENDPOINT_REFRESH_S = 1.0
+IDLE_WAKEUP_S = 5.0  # a safety net: re-read the store at least this often when idle
+
+_STATE_OF = {
+    Verdict.SUCCEEDED: DeliveryState.SUCCEEDED,
+    Verdict.RETRY: DeliveryState.PENDING,
+    Verdict.DEAD: DeliveryState.DEAD,
+}
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        channel: WebhookChannel,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._channel = channel
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wakeup = asyncio.Event()
+        self._endpoints: dict[str, Endpoint] = {}
+        self._endpoints_read_at = -1e9
+        self._in_flight: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rotation = itertools.count()
+        self.results: Batcher[AttemptResult, None] = Batcher("results", self._write_results)
+
+    # signals -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New or changed work: look again now."""
+        self._wakeup.set()
+
+    def endpoints_changed(self) -> None:
+        self._endpoints_read_at = -1e9
+        self.wake()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._in_flight.values())
+
+    # the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and send forever; meant to run as a supervised task."""
+        while True:
+            self._wakeup.clear()
+            await self._refresh_endpoints()
+            claimed = await self._claim_round()
+            if not claimed:
+                await self._sleep()
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` seconds for in-flight attempts, then flush results."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace_s)
+        await self.results.drain()
+
+    async def _refresh_endpoints(self) -> None:
+        if time.monotonic() - self._endpoints_read_at < ENDPOINT_REFRESH_S:
+            return
+        self._endpoints = {ep.id: ep for ep in await self._store.active_endpoints()}
+        self._endpoints_read_at = time.monotonic()
+
+    def _slots(self) -> dict[str, int]:
+        free_total = self._settings.max_in_flight - self.in_flight
+        endpoint_ids = list(self._endpoints)
+        if not endpoint_ids or free_total <= 0:
+            return {}
+        start = next(self._rotation) % len(endpoint_ids)
+        slots: dict[str, int] = {}
+        for endpoint_id in endpoint_ids[start:] + endpoint_ids[:start]:
+            free = self._endpoints[endpoint_id].max_in_flight - self._in_flight[endpoint_id]
+            take = min(free, free_total)
+            if take > 0:
+                slots[endpoint_id] = take
+                free_total -= take
+        return slots
+
+    async def _claim_round(self) -> int:
+        slots = self._slots()
+        if not slots:
+            return 0
+        now = self._clock.now()
+        claimed = await self._store.claim(slots, now, now + self._settings.lease)
+        for job in claimed:
+            self._in_flight[job.endpoint_id] += 1
+            task = asyncio.create_task(self._deliver(job), name=f"deliver {job.delivery_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claimed)
+
+    async def _sleep(self) -> None:
+        now = self._clock.now()
+        timeout = IDLE_WAKEUP_S
+        due = await self._store.next_wakeup(now)
+        if due is not None:
+            timeout = min(timeout, max((due - now).total_seconds(), 0.0))
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            if due is not None and due <= self._clock.now():
+                await self._store.reclaim_expired_leases(self._clock.now())
+
+    # one delivery ----------------------------------------------------------------------
+
+    async def _deliver(self, job: Claimed) -> None:
+        try:
+            endpoint = self._endpoints[job.endpoint_id]
+            result = await self._attempt(endpoint, job)
+            await self.results.submit(result)
+        except Exception:
+            # The lease runs out and the delivery is claimed again: nothing is lost.
+            log.exception("delivery_failed_unrecorded", delivery_id=job.delivery_id)
+        finally:
+            self._in_flight[job.endpoint_id] -= 1
+            self.wake()
+
+    async def _attempt(self, endpoint: Endpoint, job: Claimed) -> AttemptResult:
+        started_at = self._clock.now()
+        sent = await self._channel.send(endpoint, job, started_at)
+        now = self._clock.now()
+        number = job.attempts + 1
+        decision = decide(
+            sent.outcome,
+            attempt=number,
+            created_at=job.created_at,
+            now=now,
+            schedule=endpoint.retry_schedule or DEFAULT_SCHEDULE,
+            retention=self._settings.retention,
+            retry_after_max=self._settings.retry_after_max,
+            rng=self._rng,
+        )
+        self._metrics.attempted(
+            sent.outcome, decision, sent.duration_ms, job.message_created_at, now
+        )
+        _log_outcome(endpoint, job, number, sent.outcome.summary, decision)
+        attempt = Attempt(
+            id=new_id(ATTEMPT),
+            delivery_id=job.delivery_id,
+            number=number,
+            started_at=started_at,
+            duration_ms=sent.duration_ms,
+            status_code=sent.outcome.status,
+            error=sent.outcome.detail or sent.outcome.error,
+            response_excerpt=sent.excerpt,
+        )
+        return AttemptResult(
+            delivery_id=job.delivery_id,
+            endpoint_id=endpoint.id,
+            attempt=attempt,
+            state=_STATE_OF[decision.verdict],
+            next_attempt_at=decision.next_attempt_at,
+            dead_reason=decision.reason,
+            disable_endpoint=decision.disable_endpoint,
+        )
+
+    async def _write_results(self, results: Sequence[AttemptResult]) -> list[None]:
+        await self._store.record_results(results, self._clock.now())
+        if any(r.disable_endpoint for r in results):
+            self.endpoints_changed()
+        return [None] * len(results)
+
+
+def _log_outcome(
+    endpoint: Endpoint, job: Claimed, number: int, summary: str, decision: Decision
+) -> None:
+    log.info(
+        "attempt",
+        delivery_id=job.delivery_id,
+        message_id=job.message_id,
+        endpoint_id=endpoint.id,
+        attempt=number,
+        result=summary,
+        verdict=decision.verdict.value,
+        next_attempt_at=decision.next_attempt_at.isoformat() if decision.next_attempt_at else None,
+        reason=decision.reason,
+    )

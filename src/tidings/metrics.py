@@ -1,0 +1,108 @@
+"""Every Prometheus metric of tidings, on one registry owned by the app.
+
+The engine reports what happened through :meth:`Metrics.attempted` and the
+housekeeping task sets the queue depth; nothing else touches a metric. Every
+label combination is created up front, so a rate over a counter that has not
+moved yet reads 0, not "no data".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tidings.delivery.policy import Decision, Outcome, Verdict
+from tidings.models import DeliveryState
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
+DEAD_REASONS = ("exhausted", "expired", "gone", "blocked")
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
+_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages = Counter(
+            "tidings_messages_accepted",
+            "Messages accepted (202), by whether the Idempotency-Key replayed an earlier one.",
+            ["replayed"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "tidings_deliveries",
+            "Deliveries that finished an attempt, by what became of them.",
+            ["outcome"],
+            registry=r,
+        )
+        self.dead = Counter(
+            "tidings_deliveries_dead",
+            "Deliveries that died, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "tidings_attempts",
+            "Delivery attempts, by outcome and HTTP status class ('none': no response).",
+            ["outcome", "status_class"],
+            registry=r,
+        )
+        self.attempt_duration = Histogram(
+            "tidings_attempt_duration_seconds",
+            "Time from sending an attempt to its answer or error.",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tidings_delivery_latency_seconds",
+            "End-to-end time from a message's acceptance to its successful delivery.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "tidings_queue_depth",
+            "Deliveries in each state, as last counted.",
+            ["state"],
+            registry=r,
+        )
+        self._initialise_labels()
+
+    def _initialise_labels(self) -> None:
+        for replayed in ("false", "true"):
+            self.messages.labels(replayed)
+        for verdict in Verdict:
+            self.deliveries.labels(verdict.value)
+        for reason in DEAD_REASONS:
+            self.dead.labels(reason)
+        for outcome in ("success", "failure"):
+            for status_class in STATUS_CLASSES:
+                self.attempts.labels(outcome, status_class)
+        for state in DeliveryState:
+            self.queue_depth.labels(state.value)
+
+    def accepted(self, *, replayed: bool) -> None:
+        self.messages.labels("true" if replayed else "false").inc()
+
+    def attempted(
+        self,
+        outcome: Outcome,
+        decision: Decision,
+        duration_ms: float,
+        accepted_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Count one finished attempt and what the policy made of it."""
+        success = outcome.succeeded
+        self.attempts.labels("success" if success else "failure", outcome.status_class).inc()
+        self.attempt_duration.observe(duration_ms / 1000)
+        self.deliveries.labels(decision.verdict.value).inc()
+        if decision.verdict is Verdict.DEAD and decision.reason:
+            self.dead.labels(decision.reason.split(":", 1)[0]).inc()
+        if success:
+            self.latency.observe(max((now - accepted_at).total_seconds(), 0.0))
+
+    def set_queue_depth(self, depth: dict[DeliveryState, int]) -> None:
+        for state, count in depth.items():
+            self.queue_depth.labels(state.value).set(count)
