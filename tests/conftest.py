@@ -1,0 +1,82 @@
+"""Fixtures: a real tidings on a fresh SQLite file, its API, and loopback receivers."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from support import ADMIN_TOKEN, Receiver
+from tidings.api.app import create_api
+from tidings.app import Tidings
+from tidings.config import Settings
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: a fresh SQLite file, loopback allowed, a known admin token."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": f"sqlite:///{tmp_path / 'tidings.db'}",
+            "admin_token": SecretStr(ADMIN_TOKEN),
+            "allow_networks": (ipaddress.ip_network("127.0.0.0/8"),),
+            "request_timeout": timedelta(seconds=2),
+            "lease": timedelta(seconds=5),
+            "log_level": "warning",
+        }
+        values.update(overrides)
+        return Settings.model_validate(values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def tidings(settings: Settings) -> AsyncIterator[Tidings]:
+    app = Tidings(settings)
+    await app.start()
+    yield app
+    await app.stop()
+
+
+@pytest.fixture
+async def client(tidings: Tidings) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_api(tidings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
+        yield http
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A loopback webhook receiver answering 204 until told otherwise."""
+    found = Receiver()
+    await found.start()
+    yield found
+    await found.stop()
+
+
+@pytest.fixture
+async def make_receiver() -> AsyncIterator[Callable[..., Any]]:
+    """Start more receivers: ``await make_receiver(behaviour)``."""
+    started: list[Receiver] = []
+
+    async def make(**kwargs: Any) -> Receiver:
+        found = Receiver(**kwargs)
+        await found.start()
+        started.append(found)
+        return found
+
+    yield make
+    for found in started:
+        await found.stop()

@@ -1,0 +1,181 @@
+"""Test helpers: a programmable webhook receiver and API shortcuts.
+
+The receiver is a real aiohttp server on 127.0.0.1 that verifies every
+delivery's Standard Webhooks signature with the reference library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiohttp import web
+from standardwebhooks import Webhook
+
+ADMIN_TOKEN = "admin-test-token"
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    verified: bool | None = None
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers["webhook-id"]
+
+
+Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def ok(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=204)
+
+
+def status(code: int, headers: dict[str, str] | None = None, body: str = "") -> Behaviour:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=code, headers=headers, text=body)
+
+    return answer
+
+
+async def hang(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(3600)
+    raise AssertionError("unreachable")
+
+
+async def close_connection(request: web.Request) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response(status=204)
+
+
+def sequence(*behaviours: Behaviour) -> Behaviour:
+    """Answer the n-th request with the n-th behaviour, then keep the last."""
+    calls = 0
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        behaviour = behaviours[min(calls, len(behaviours) - 1)]
+        calls += 1
+        return await behaviour(request)
+
+    return answer
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver whose answers a test sets with ``behaviour``."""
+
+    behaviour: Behaviour = ok
+    secret: str | None = None
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        item = Received(dict(request.headers.items()), body, time.monotonic())
+        item.headers = {k.lower(): v for k, v in request.headers.items()}
+        if self.secret:
+            try:
+                Webhook(self.secret).verify(body, item.headers)
+                item.verified = True
+            except Exception:
+                item.verified = False
+        self.received.append(item)
+        return await self.behaviour(request)
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 10.0, every: float = 0.02
+) -> None:
+    """Wait until ``predicate`` holds; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(every)
+
+
+def admin() -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def new_tenant(client: httpx.AsyncClient, name: str = "acme") -> tuple[str, str]:
+    """A new tenant and an API key for it: ``(tenant_id, key)``."""
+    response = await client.post(
+        "/v1/tenants", json={"name": name, "owner_email": f"ops@{name}.example"}, headers=admin()
+    )
+    assert response.status_code == 201, response.text
+    tenant_id = response.json()["id"]
+    response = await client.post(f"/v1/tenants/{tenant_id}/api-keys", headers=admin())
+    assert response.status_code == 201, response.text
+    return tenant_id, response.json()["key"]
+
+
+async def new_endpoint(
+    client: httpx.AsyncClient, key: str, url: str, **fields: Any
+) -> dict[str, Any]:
+    response = await client.post("/v1/endpoints", json={"url": url, **fields}, headers=bearer(key))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def send(
+    client: httpx.AsyncClient,
+    key: str,
+    event_type: str = "order.paid",
+    payload: Any = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    headers = bearer(key)
+    if idempotency_key:
+        headers["idempotency-key"] = idempotency_key
+    response = await client.post(
+        "/v1/messages",
+        json={"event_type": event_type, "payload": payload if payload is not None else {}},
+        headers=headers,
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def delivery_states(client: httpx.AsyncClient, key: str, message_id: str) -> list[str]:
+    response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    return [d["state"] for d in response.json()["deliveries"]]
