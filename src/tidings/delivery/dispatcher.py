@@ -97,10 +97,17 @@ class Dispatcher:
                 await self._sleep()
 
     async def drain(self, grace_s: float) -> None:
-        """Wait up to ``grace_s`` seconds for in-flight attempts, then flush results."""
+        """Wait up to ``grace_s`` seconds for in-flight attempts, then flush results.
+
+        Attempts still running after that are cancelled; their leases run out and
+        the next process sends them again.
+        """
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace_s)
         await self.results.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _refresh_endpoints(self) -> None:
         if time.monotonic() - self._endpoints_read_at < ENDPOINT_REFRESH_S:

@@ -1,0 +1,135 @@
+"""Measuring: a /metrics poller, delivery-rate arithmetic, and CPU accounting from /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from bench.server import SUCCEEDED, TidingsServer
+
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Point:
+    t: float
+    count: float
+
+
+@dataclass
+class Poller:
+    """Samples one counter of tidings' /metrics every ``POLL_S`` seconds."""
+
+    server: TidingsServer
+    metric: str = SUCCEEDED
+    points: list[Point] = field(default_factory=list)
+
+    async def run(self, target: float, within_s: float) -> bool:
+        """Poll until the counter reaches ``target``; False if ``within_s`` ran out first."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            try:
+                value = (await self.server.metrics()).get(self.metric, 0.0)
+            except (aiohttp.ClientError, OSError):
+                value = self.points[-1].count if self.points else 0.0
+            self.points.append(Point(time.monotonic(), value))
+            if value >= target:
+                return True
+            await asyncio.sleep(POLL_S)
+        return False
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Delivery rates over three windows of one run (deliveries/s)."""
+
+    overall: float  # first delivery seen to the last one
+    while_ingesting: float | None  # first delivery seen to the end of the pre-load
+    drain: float | None  # end of the pre-load to the last delivery (delivery alone)
+    drain_share: float  # the part of the deliveries that happened in the drain window
+    first_s: float  # first delivery seen, seconds after the pre-load started
+    last_s: float  # last delivery seen, seconds after the pre-load started
+    complete: bool
+
+
+def rates(points: list[Point], expected: float, started: float, ingest_end: float) -> Rates:
+    """Rates from counter samples: windows start and end on samples (0.2 s apart)."""
+    moving = [p for p in points if p.count > 0]
+    if len(moving) < 2:
+        raise RuntimeError("fewer than two samples with deliveries: nothing to measure")
+    first = moving[0]
+    done = next((p for p in moving if p.count >= expected), moving[-1])
+    overall = (done.count - first.count) / max(done.t - first.t, 1e-9)
+    mid = next((p for p in moving if p.t >= ingest_end), done)
+    during = (mid.count - first.count) / (mid.t - first.t) if mid.t - first.t >= 0.5 else None
+    drained = done.count - mid.count
+    window = done.t - mid.t
+    drain = drained / window if window >= 1.0 and drained >= 0.05 * expected else None
+    return Rates(
+        overall=overall,
+        while_ingesting=during,
+        drain=drain,
+        drain_share=drained / max(done.count, 1.0),
+        first_s=first.t - started,
+        last_s=done.t - started,
+        complete=done.count >= expected,
+    )
+
+
+# CPU ------------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / _TICK, sum(values) / _TICK
+
+
+@dataclass
+class CpuMeter:
+    """CPU used by named groups of processes over a window, as % of one core."""
+
+    groups: dict[str, Callable[[], Iterable[int]]]
+    _start: dict[str, float] = field(default_factory=dict)
+    _wall: float = 0.0
+    _machine: tuple[float, float] = (0.0, 0.0)
+
+    def _read(self) -> dict[str, float]:
+        used = {name: sum(_proc_cpu(p) for p in pids()) for name, pids in self.groups.items()}
+        times = os.times()
+        used["bench"] = times.user + times.system
+        return used
+
+    def start(self) -> None:
+        self._start = self._read()
+        self._wall = time.monotonic()
+        self._machine = _machine()
+
+    def stop(self) -> dict[str, float]:
+        """% of one core per group, and the machine's busy % of all its cores."""
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        now = self._read()
+        busy, total = _machine()
+        found = {name: round(100 * (now[name] - self._start[name]) / wall, 1) for name in now}
+        found["machine_busy_pct_all_cores"] = round(
+            100 * (busy - self._machine[0]) / max(total - self._machine[1], 1e-9), 1
+        )
+        return found

@@ -1,0 +1,402 @@
+"""Crash safety, end to end: durable before acknowledged; at-least-once.
+
+A real ``tidings serve`` runs as a subprocess on a SQLite file and is killed
+with SIGKILL (no shutdown hook, no drain, no flush) while it is accepting and
+delivering messages, then started again on the same file and port. Every
+message it answered ``202`` must reach the receiver at least once, and the
+only messages that may arrive twice are those whose attempt was in flight at
+the kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from support import ADMIN_TOKEN, Received, Receiver, bearer, new_endpoint, new_tenant, wait_for
+
+pytestmark = pytest.mark.slow
+
+TOTAL = 2000  # messages acknowledged over both lives of the server
+CONCURRENCY = 32  # requests posted at a time
+KILL_AFTER = 800  # acknowledgements before the kill...
+KILL_BY = 1500  # ...and at the latest, even if no delivery happens to be in flight then
+MAX_IN_FLIGHT = 10  # the endpoint's cap on concurrent attempts
+LEASE_S = 2  # a killed process's claims return to pending this soon after the restart
+# ISO 8601: the documented plain-seconds form ("2") is refused, see test_plain_seconds_lease.
+LEASE = f"PT{LEASE_S}S"
+
+
+# the server under test -----------------------------------------------------------------
+
+
+def _command() -> list[str]:
+    script = shutil.which("tidings", path=str(Path(sys.executable).parent))
+    return [script, "serve"] if script else [sys.executable, "-m", "tidings", "serve"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """``tidings serve`` in a subprocess, on one SQLite file and one port across restarts."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+        self.env = inherited | {
+            "TIDINGS_DATABASE_URL": f"sqlite:///{workdir / 'tidings.db'}",
+            "TIDINGS_PORT": str(self.port),
+            "TIDINGS_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TIDINGS_ALLOW_NETWORKS": "127.0.0.0/8",
+            "TIDINGS_LEASE": LEASE,
+            "TIDINGS_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.logs: list[Path] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self._proc is None, "already running"
+        log = self.workdir / f"server-{len(self.logs) + 1}.log"
+        self.logs.append(log)
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self._proc = subprocess.Popen(
+                _command(), cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    async def ready(self, within: float = 30.0) -> None:
+        """Wait for ``/healthz`` (the store is migrated and the dispatcher runs by then)."""
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as http:
+            while True:
+                assert self._proc is not None, "not started"
+                if self._proc.poll() is not None:
+                    raise AssertionError(f"tidings serve exited ({self._proc.returncode})")
+                try:
+                    if (await http.get("/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"tidings serve not healthy within {within}s")
+                await asyncio.sleep(0.05)
+
+    def kill(self) -> int | None:
+        """SIGKILL the server and reap it; its exit status (``-9`` if it was still running)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return "\n".join(
+            f"----- {log.name} -----\n{log.read_text(errors='replace')}"
+            for log in self.logs
+            if log.exists()
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """The server, always killed at the end; its output is shown if the test fails."""
+    found = Server(tmp_path)
+    try:
+        yield found
+    finally:
+        found.kill()
+        # Captured, so pytest prints it only for a failed test.
+        print(found.output())
+
+
+@asynccontextmanager
+async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10.0, limits=limits) as http:
+        yield http
+
+
+# the receiver's answers ------------------------------------------------------------------
+
+
+class Jittery:
+    """Answer 204 after 0-5 ms, so attempts are genuinely in flight; count those being handled."""
+
+    def __init__(self) -> None:
+        self.handling = 0
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.handling += 1
+        try:
+            await asyncio.sleep(random.uniform(0, 0.005))
+        finally:
+            self.handling -= 1
+        return web.Response(status=204)
+
+
+# helpers -------------------------------------------------------------------------------
+
+
+async def setup_tenant(http: httpx.AsyncClient, receiver: Receiver) -> str:
+    """A tenant with one endpoint at ``receiver`` (which then checks signatures); its key."""
+    _, key = await new_tenant(http)
+    endpoint = await new_endpoint(http, key, receiver.url, max_in_flight=MAX_IN_FLIGHT)
+    receiver.secret = endpoint["secret"]
+    return key
+
+
+async def post(http: httpx.AsyncClient, key: str, n: int) -> str:
+    """Post message ``n``; its id once the server answered 202."""
+    response = await http.post(
+        "/v1/messages",
+        json={"event_type": "order.paid", "payload": {"n": n, "note": f"message {n}"}},
+        headers=bearer(key),
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    assert len(body["deliveries"]) == 1, body
+    return str(body["id"])
+
+
+async def deliveries(http: httpx.AsyncClient, key: str, **params: str) -> list[dict[str, Any]]:
+    """Every page of ``GET /v1/deliveries`` with ``params``."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        query = {"limit": "1000", **params} | ({"cursor": cursor} if cursor else {})
+        response = await http.get("/v1/deliveries", params=query, headers=bearer(key))
+        assert response.status_code == 200, response.text
+        page = response.json()
+        found.extend(page["data"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return found
+
+
+@dataclass
+class Kill:
+    acked: int = 0  # acknowledgements before the kill
+    lost: int = 0  # requests that failed with the server: never acknowledged
+    received: int = 0  # deliveries the receiver had seen
+    handling: int = 0  # deliveries the receiver was answering at that moment
+    status: int | None = None
+
+
+async def post_then_kill(
+    server: Server,
+    http: httpx.AsyncClient,
+    key: str,
+    numbers: Iterator[int],
+    acked: list[str],
+    busy: Callable[[], int],
+    received: Callable[[], int],
+) -> Kill:
+    """Post concurrently; SIGKILL the server after ``KILL_AFTER`` acknowledgements, at a
+    moment the receiver is answering a delivery (if one comes by ``KILL_BY``)."""
+    kill: Kill | None = None
+    lost = 0
+
+    async def worker() -> None:
+        nonlocal kill, lost
+        while kill is None:
+            try:
+                # A 202 that reaches us is an acknowledgement, even if it raced the kill.
+                acked.append(await post(http, key, next(numbers)))
+            except httpx.TransportError:
+                if kill is None:
+                    raise
+                lost += 1
+                return
+            if kill is None and len(acked) >= KILL_AFTER and (busy() or len(acked) >= KILL_BY):
+                kill = Kill(acked=len(acked), received=received(), handling=busy())
+                kill.status = server.kill()
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    assert kill is not None
+    kill.lost = lost
+    return kill
+
+
+async def post_all(http: httpx.AsyncClient, key: str, numbers: Iterator[int], n: int) -> list[str]:
+    ids: list[str] = []
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for _ in todo:  # shared by the workers: n posts in all
+            ids.append(await post(http, key, next(numbers)))
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return ids
+
+
+def first_and_repeats(received: list[Received]) -> tuple[dict[str, Received], list[Received]]:
+    """Each message's first arrival, and every later arrival of a message (duplicates)."""
+    first: dict[str, Received] = {}
+    repeats: list[Received] = []
+    for item in received:
+        if item.webhook_id in first:
+            repeats.append(item)
+        else:
+            first[item.webhook_id] = item
+    return first, repeats
+
+
+# the scenarios -------------------------------------------------------------------------
+
+
+async def test_kill_9_under_load_loses_no_acknowledged_message(
+    server: Server, make_receiver: Callable[..., Any]
+) -> None:
+    began = time.monotonic()
+    answer = Jittery()
+    receiver: Receiver = await make_receiver(behaviour=answer)
+    numbers = itertools.count()
+    acked: list[str] = []
+
+    server.start()
+    await server.ready()
+    async with api(server) as http:
+        key = await setup_tenant(http, receiver)
+        kill = await post_then_kill(
+            server,
+            http,
+            key,
+            numbers,
+            acked,
+            busy=lambda: answer.handling,
+            received=lambda: len(receiver.received),
+        )
+    assert kill.status == -signal.SIGKILL, "the server died before it was killed"
+    assert 0 < kill.received < kill.acked, "deliveries should be under way at the kill"
+    killed_at = time.monotonic()
+
+    await asyncio.sleep(0.2)  # let the receiver finish reading what the dead server sent
+    restarted_at = time.monotonic()
+    server.start()
+    await server.ready()
+    async with api(server) as http:
+        acked += await post_all(http, key, numbers, TOTAL - len(acked))
+        assert len(set(acked)) == len(acked) == TOTAL
+
+        def everything_arrived() -> bool:
+            return set(acked) <= {r.webhook_id for r in receiver.received}
+
+        await wait_for(everything_arrived, within=60, every=0.05)
+        delivered_at = time.monotonic()
+
+        async def all_succeeded() -> bool:
+            succeeded = {d["message_id"] for d in await deliveries(http, key, state="succeeded")}
+            return set(acked) <= succeeded
+
+        await wait_for(all_succeeded, within=30, every=0.2)
+        # Nothing is left pending, in flight or dead, not even the unacknowledged messages
+        # that were committed just before the kill.
+        left = Counter(d["state"] for d in await deliveries(http, key))
+        assert set(left) == {"succeeded"}, left
+
+    first, repeats = first_and_repeats(receiver.received)
+    # At-least-once, but not much more: a slot is released only after its attempt's result
+    # is committed, so at the kill at most MAX_IN_FLIGHT attempts to the endpoint had been
+    # sent without a committed result. Only those are sent again after the restart, so
+    # duplicates are bounded by the in-flight cap times the number of kills.
+    assert len(repeats) <= MAX_IN_FLIGHT * 1, [r.webhook_id for r in repeats]
+    for again in repeats:
+        # Same webhook-id (the count is by id) and the very same body: a receiver dedupes.
+        assert again.body == first[again.webhook_id].body
+        # The repeated attempt was one the killed server had made.
+        assert first[again.webhook_id].at < restarted_at
+    assert all(r.verified for r in receiver.received), "every delivery is signed"
+
+    print(
+        f"acked before kill {kill.acked}, lost at kill {kill.lost}, delivered before kill "
+        f"{kill.received}, in flight at receiver {kill.handling}; arrivals "
+        f"{len(receiver.received)} for {len(first)} messages, duplicates {len(repeats)}; "
+        f"kill at {killed_at - began:.1f}s, all delivered at {delivered_at - began:.1f}s"
+    )
+
+
+async def test_kill_9_right_after_202_keeps_the_message(
+    server: Server, make_receiver: Callable[..., Any]
+) -> None:
+    gate = asyncio.Event()
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        # Until the kill no attempt is answered, so no result can be committed before it:
+        # whatever succeeds later was sent by the restarted server from the stored message.
+        await gate.wait()
+        return web.Response(status=204)
+
+    receiver: Receiver = await make_receiver(behaviour=gated)
+    server.start()
+    await server.ready()
+    async with api(server) as http:
+        key = await setup_tenant(http, receiver)
+        message_id = await post(http, key, 42)
+        status = server.kill()
+    assert status == -signal.SIGKILL, "the server died before it was killed"
+    gate.set()
+    await asyncio.sleep(0.2)  # let the receiver finish reading what the dead server sent
+    restarted_at = time.monotonic()
+
+    server.start()
+    await server.ready()
+    async with api(server) as http:
+        response = await http.get(f"/v1/messages/{message_id}", headers=bearer(key))
+        assert response.status_code == 200, response.text
+        assert response.json()["payload"] == {"n": 42, "note": "message 42"}
+
+        def arrived_again() -> bool:
+            return any(
+                r.webhook_id == message_id and r.at > restarted_at for r in receiver.received
+            )
+
+        await wait_for(arrived_again, within=10 + LEASE_S)
+
+        async def succeeded() -> bool:
+            found = await deliveries(http, key, message_id=message_id)
+            return [d["state"] for d in found] == ["succeeded"]
+
+        await wait_for(succeeded, within=10, every=0.1)
+        response = await http.get(f"/v1/messages/{message_id}", headers=bearer(key))
+        (delivery,) = response.json()["deliveries"]
+        # The killed server's attempt (if it made one) left no record; the restarted one's did.
+        assert [a["status_code"] for a in delivery["attempt_log"]] == [204]
+    assert all(r.verified for r in receiver.received)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG src/tidings/config.py: durations are documented to accept seconds ('15', "
+    "'0.5'), but pydantic parses a str timedelta only as ISO 8601 or [HH:MM:]SS, so "
+    "TIDINGS_LEASE=2 fails Settings() validation and `tidings serve` exits at start",
+)
+async def test_plain_seconds_lease(server: Server) -> None:
+    server.env["TIDINGS_LEASE"] = str(LEASE_S)
+    server.start()
+    await server.ready()

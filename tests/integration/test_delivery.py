@@ -1,0 +1,201 @@
+"""The engine against real receivers: retries, Retry-After, 410, redirects, hangs, closes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from aiohttp import web
+from support import (
+    Receiver,
+    bearer,
+    close_connection,
+    hang,
+    new_endpoint,
+    new_tenant,
+    ok,
+    send,
+    sequence,
+    status,
+    wait_for,
+)
+
+from tidings.app import Tidings
+
+FAST = [0, 0.1, 0.1, 0.1]
+
+
+async def _message(client: httpx.AsyncClient, key: str, message_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _settled(
+    client: httpx.AsyncClient, key: str, message_id: str, state: str
+) -> dict[str, Any]:
+    """Wait until the message's only delivery is in ``state``; return that delivery."""
+    found: dict[str, Any] = {}
+
+    async def check() -> bool:
+        found.update((await _message(client, key, message_id))["deliveries"][0])
+        return bool(found["state"] == state)
+
+    await wait_for(check)
+    return found
+
+
+async def test_a_failure_is_retried_until_it_succeeds_with_the_same_webhook_id(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = sequence(status(503), status(500), ok)
+    _, key = await new_tenant(client)
+    endpoint = await new_endpoint(client, key, receiver.url, retry_schedule=FAST)
+    receiver.secret = endpoint["secret"]
+
+    message = await send(client, key)
+    delivery = await _settled(client, key, message["id"], "succeeded")
+
+    assert delivery["attempts"] == 3
+    assert [a["status_code"] for a in delivery["attempt_log"]] == [503, 500, 204]
+    assert {r.webhook_id for r in receiver.received} == {message["id"]}
+    assert all(r.verified for r in receiver.received)
+
+
+async def test_retries_stop_when_the_schedule_is_exhausted(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = status(500, body="database is down")
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, retry_schedule=[0, 0.05])
+
+    message = await send(client, key)
+    delivery = await _settled(client, key, message["id"], "dead")
+
+    assert delivery["dead_reason"] == "exhausted: 2 attempts, last: HTTP 500"
+    assert delivery["attempt_log"][0]["response_excerpt"] == "database is down"
+    assert len(receiver.received) == 2
+
+
+async def test_retry_after_replaces_the_scheduled_delay(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = sequence(status(429, headers={"Retry-After": "1"}), ok)
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, retry_schedule=[0, 3600])
+
+    message = await send(client, key)
+    await _settled(client, key, message["id"], "succeeded")
+
+    first, second = receiver.received
+    assert 0.9 <= second.at - first.at < 3.0  # one second, not the scheduled hour
+
+
+async def test_410_gone_disables_the_endpoint_and_ends_its_waiting_deliveries(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = status(410)
+    _, key = await new_tenant(client)
+    endpoint = await new_endpoint(client, key, receiver.url, max_in_flight=1)
+
+    first = await send(client, key)
+    second = await send(client, key)
+    gone = await _settled(client, key, first["id"], "dead")
+    waiting = await _settled(client, key, second["id"], "dead")
+
+    assert gone["dead_reason"] == "gone: endpoint answered 410"
+    assert waiting["dead_reason"] == "endpoint disabled"
+    assert waiting["attempts"] == 0
+    response = await client.get(f"/v1/endpoints/{endpoint['id']}", headers=bearer(key))
+    assert response.json()["state"] == "disabled"
+    later = await send(client, key)
+    assert later["deliveries"] == []
+
+
+async def test_redirects_are_not_followed(
+    client: httpx.AsyncClient, make_receiver: Callable[..., Any]
+) -> None:
+    target: Receiver = await make_receiver()
+    source: Receiver = await make_receiver(behaviour=status(307, headers={"Location": target.url}))
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, source.url, retry_schedule=[0])
+
+    message = await send(client, key)
+    delivery = await _settled(client, key, message["id"], "dead")
+
+    assert delivery["last_status"] == 307
+    assert target.received == []
+
+
+async def test_a_closed_connection_is_retried(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = sequence(close_connection, ok)
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, retry_schedule=FAST)
+
+    message = await send(client, key)
+    delivery = await _settled(client, key, message["id"], "succeeded")
+
+    assert delivery["attempt_log"][0]["status_code"] is None
+    assert delivery["attempt_log"][0]["error"]
+
+
+async def test_a_hung_receiver_holds_only_its_own_slots(
+    client: httpx.AsyncClient, make_receiver: Callable[..., Any]
+) -> None:
+    hung: Receiver = await make_receiver(behaviour=hang)
+    healthy: Receiver = await make_receiver()
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, hung.url, event_types=["slow"], max_in_flight=3)
+    await new_endpoint(client, key, healthy.url, event_types=["fast"])
+
+    for _ in range(20):
+        await send(client, key, event_type="slow")
+    for _ in range(50):
+        await send(client, key, event_type="fast")
+
+    await wait_for(lambda: len(healthy.received) == 50)
+    assert len(hung.received) == 3  # its three slots, and no more
+
+
+async def test_a_backlog_on_one_endpoint_does_not_delay_another(
+    client: httpx.AsyncClient, make_receiver: Callable[..., Any]
+) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.05)
+        return web.Response(status=204)
+
+    busy: Receiver = await make_receiver(behaviour=slow)
+    quiet: Receiver = await make_receiver()
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, busy.url, event_types=["bulk"], max_in_flight=2)
+    await new_endpoint(client, key, quiet.url, event_types=["single"])
+    await asyncio.gather(*(send(client, key, event_type="bulk") for _ in range(300)))
+    await wait_for(lambda: len(busy.received) > 0)
+
+    await send(client, key, event_type="single")
+
+    await wait_for(lambda: len(quiet.received) == 1)
+    assert len(busy.received) < 300  # the backlog is still being worked through
+
+
+async def test_a_delivery_to_a_refused_address_dies_without_a_connection(
+    tidings: Tidings, client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """The guard is checked at delivery time too: here an endpoint on 127.0.0.2 is
+    accepted at creation (the allow-list has it), then the allow-list loses it."""
+    _, key = await new_tenant(client)
+    url = receiver.url.replace("127.0.0.1", "127.0.0.2")
+    await new_endpoint(client, key, url)
+    tidings.guard.__init__(allow=())  # type: ignore[misc]  # the operator narrowed the list
+
+    message = await send(client, key)
+    delivery = await _settled(client, key, message["id"], "dead")
+
+    assert delivery["dead_reason"].startswith("blocked: ")
+    assert "loopback" in delivery["dead_reason"]
+    assert receiver.received == []
