@@ -1,0 +1,261 @@
+"""The Store contract, run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tidings import ids
+from tidings.exceptions import Conflict
+from tidings.models import (
+    Accepted,
+    Attempt,
+    AttemptResult,
+    DeliveryFilter,
+    DeliveryState,
+    Endpoint,
+    EndpointState,
+    NewMessage,
+    ReplaySelector,
+    Tenant,
+)
+from tidings.store import Store, open_store
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TTL = 24 * 3600.0
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    found = open_store(url)
+    await found.migrate()
+    yield found
+    await found.close()
+
+
+async def _tenant(store: Store) -> str:
+    tenant = Tenant(ids.new_id(ids.TENANT), "acme", "ops@acme.example", NOW)
+    await store.create_tenant(tenant)
+    return tenant.id
+
+
+async def _endpoint(store: Store, tenant_id: str, event_types: tuple[str, ...] = ()) -> str:
+    endpoint = Endpoint(
+        id=ids.new_id(ids.ENDPOINT),
+        tenant_id=tenant_id,
+        url="http://127.0.0.1:9/hook",
+        description="",
+        event_types=event_types,
+        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        previous_secret=None,
+        previous_secret_expires_at=None,
+        max_in_flight=10,
+        rate_limit_per_s=None,
+        retry_schedule=None,
+        state=EndpointState.ACTIVE,
+        disabled_reason=None,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    await store.create_endpoint(endpoint)
+    return endpoint.id
+
+
+def _message(tenant_id: str, key: str | None = None, body: bytes = b"{}") -> NewMessage:
+    return NewMessage(tenant_id, "order.paid", body, key, f"hash-of-{body!r}")
+
+
+async def _accept(store: Store, *batch: NewMessage) -> list[Accepted]:
+    results = await store.ingest(batch, NOW, TTL)
+    assert all(isinstance(r, Accepted) for r in results)
+    return results  # type: ignore[return-value]
+
+
+async def test_sqlite_commits_are_durable(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'durable.db'}")
+    await store.migrate()
+    tenant_id = await _tenant(store)
+    await store.close()
+    raw = sqlite3.connect(tmp_path / "durable.db")
+    assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert raw.execute("SELECT id FROM tenants").fetchall() == [(tenant_id,)]
+    raw.close()
+
+
+async def test_sqlite_connections_sync_fully(store: Store) -> None:
+    async with store._engine.connect() as conn:  # type: ignore[attr-defined]
+        result = await conn.exec_driver_sql("PRAGMA synchronous")
+        assert result.scalar() == 2  # FULL
+
+
+async def test_ingest_fans_out_to_matching_active_endpoints(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    everything = await _endpoint(store, tenant_id)
+    orders = await _endpoint(store, tenant_id, ("order.paid",))
+    await _endpoint(store, tenant_id, ("user.created",))
+    other_tenant = await _tenant(store)
+    await _endpoint(store, other_tenant)
+
+    [accepted] = await _accept(store, _message(tenant_id))
+
+    assert sorted(e for _, e in accepted.deliveries) == sorted([everything, orders])
+
+
+async def test_idempotency_key_replays_or_conflicts_within_one_batch_and_across(
+    store: Store,
+) -> None:
+    tenant_id = await _tenant(store)
+    await _endpoint(store, tenant_id)
+
+    first, again, other = await store.ingest(
+        [
+            _message(tenant_id, "k1"),
+            _message(tenant_id, "k1"),
+            _message(tenant_id, "k1", b'{"x":1}'),
+        ],
+        NOW,
+        TTL,
+    )
+    later = (await store.ingest([_message(tenant_id, "k1")], NOW + timedelta(hours=1), TTL))[0]
+
+    assert isinstance(first, Accepted)
+    assert not first.replayed
+    assert isinstance(again, Accepted)
+    assert again.replayed
+    assert again.message_id == first.message_id
+    assert again.deliveries == first.deliveries
+    assert isinstance(other, Conflict)
+    assert isinstance(later, Accepted)
+    assert later.message_id == first.message_id
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=100)
+    assert len(page.items) == 1
+
+
+async def test_an_idempotency_key_past_its_ttl_is_new_again(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    [first] = await _accept(store, _message(tenant_id, "k"))
+
+    [second] = await store.ingest([_message(tenant_id, "k")], NOW + timedelta(hours=25), TTL)
+
+    assert isinstance(second, Accepted)
+    assert not second.replayed
+    assert second.message_id != first.message_id
+
+
+async def test_claim_is_fair_across_endpoints(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    busy = await _endpoint(store, tenant_id, ("bulk",))
+    quiet = await _endpoint(store, tenant_id, ("single",))
+    bulk = [NewMessage(tenant_id, "bulk", b"{}", None, "h") for _ in range(500)]
+    await _accept(store, *bulk)
+    await _accept(store, NewMessage(tenant_id, "single", b"{}", None, "h"))
+
+    claimed = await store.claim({busy: 10, quiet: 10}, NOW, NOW + timedelta(minutes=1))
+
+    per_endpoint = {e: sum(1 for c in claimed if c.endpoint_id == e) for e in (busy, quiet)}
+    assert per_endpoint == {busy: 10, quiet: 1}
+    again = await store.claim({busy: 10, quiet: 10}, NOW, NOW + timedelta(minutes=1))
+    assert not {c.delivery_id for c in again} & {c.delivery_id for c in claimed}
+
+
+async def test_an_expired_lease_returns_the_delivery_to_pending(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    endpoint = await _endpoint(store, tenant_id)
+    await _accept(store, _message(tenant_id))
+    [claimed] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=30))
+
+    assert await store.reclaim_expired_leases(NOW + timedelta(seconds=29)) == 0
+    assert await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=30)) == []
+    assert await store.next_wakeup(NOW) == NOW + timedelta(seconds=30)
+    assert await store.reclaim_expired_leases(NOW + timedelta(seconds=30)) == 1
+
+    [again] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=30))
+    assert again.delivery_id == claimed.delivery_id
+
+
+async def test_results_are_written_back_and_counted(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    endpoint = await _endpoint(store, tenant_id)
+    accepted = await _accept(store, _message(tenant_id), _message(tenant_id))
+    claimed = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
+    retry_at = NOW + timedelta(seconds=5)
+    outcomes = {
+        claimed[0].delivery_id: (DeliveryState.SUCCEEDED, None, 204),
+        claimed[1].delivery_id: (DeliveryState.PENDING, retry_at, 503),
+    }
+
+    await store.record_results(
+        [
+            AttemptResult(
+                delivery_id=delivery_id,
+                endpoint_id=endpoint,
+                attempt=Attempt(ids.new_id(ids.ATTEMPT), delivery_id, 1, NOW, 3.5, code, None, ""),
+                state=state,
+                next_attempt_at=next_at,
+                dead_reason=None,
+            )
+            for delivery_id, (state, next_at, code) in outcomes.items()
+        ],
+        NOW,
+    )
+
+    depth = await store.queue_depth()
+    assert depth[DeliveryState.SUCCEEDED] == 1
+    assert depth[DeliveryState.PENDING] == 1
+    assert await store.next_wakeup(NOW) == retry_at
+    detail = await store.get_message(tenant_id, accepted[1].message_id)
+    assert detail is not None
+    states = {d.id: d.state for d in detail.deliveries}
+    attempts = [a for batch in detail.attempts.values() for a in batch]
+    assert len(attempts) == 1
+    assert attempts[0].duration_ms == 3.5
+    assert set(states.values()) <= {DeliveryState.SUCCEEDED, DeliveryState.PENDING}
+
+
+async def test_replay_returns_dead_deliveries_to_pending(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    endpoint = await _endpoint(store, tenant_id)
+    await _accept(store, _message(tenant_id))
+    [claimed] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
+    attempt = Attempt(ids.new_id(ids.ATTEMPT), claimed.delivery_id, 1, NOW, 1.0, 500, None, "")
+    await store.record_results(
+        [
+            AttemptResult(
+                claimed.delivery_id, endpoint, attempt, DeliveryState.DEAD, None, "exhausted: x"
+            )
+        ],
+        NOW,
+    )
+
+    other_tenant = await _tenant(store)
+    assert await store.replay(other_tenant, ReplaySelector(ids=(claimed.delivery_id,)), NOW) == 0
+    assert await store.replay(tenant_id, ReplaySelector(endpoint_id=endpoint), NOW) == 1
+
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
+    [delivery] = page.items
+    assert delivery.state is DeliveryState.PENDING
+    assert delivery.attempts == 0
+    assert delivery.dead_reason is None
+
+
+async def test_concurrent_writers_all_commit(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    await _endpoint(store, tenant_id)
+
+    await asyncio.gather(*(_accept(store, _message(tenant_id)) for _ in range(50)))
+
+    assert (await store.queue_depth())[DeliveryState.PENDING] == 50
+
+
+async def test_purge_forgets_old_idempotency_keys(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    await _accept(store, _message(tenant_id, "old"))
+
+    assert await store.purge_idempotency_keys(NOW + timedelta(seconds=1)) == 1
+    assert await store.purge_idempotency_keys(NOW + timedelta(seconds=1)) == 0
