@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from aiohttp import web
+
 from support import (
     Receiver,
     bearer,
@@ -21,7 +22,6 @@ from support import (
     status,
     wait_for,
 )
-
 from tidings.app import Tidings
 
 FAST = [0, 0.1, 0.1, 0.1]
@@ -199,3 +199,17 @@ async def test_a_delivery_to_a_refused_address_dies_without_a_connection(
     assert delivery["dead_reason"].startswith("blocked: ")
     assert "loopback" in delivery["dead_reason"]
     assert receiver.received == []
+
+
+async def test_a_rate_limit_paces_the_endpoint(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, rate_limit_per_s=10)
+
+    await asyncio.gather(*(send(client, key) for _ in range(15)))
+    await wait_for(lambda: len(receiver.received) == 15)
+
+    arrivals = sorted(r.at for r in receiver.received)
+    # A burst of ten, then one every tenth of a second: the last five need ~0.5 s.
+    assert arrivals[-1] - arrivals[0] >= 0.4

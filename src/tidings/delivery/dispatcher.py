@@ -1,10 +1,11 @@
 """The dispatcher: claims due deliveries fairly, sends them, writes results back.
 
 Each round it asks the store for up to ``free slots`` due deliveries *per
-endpoint* (an endpoint's ``max_in_flight`` less what it has in flight), within
-the global cap, starting from a rotating endpoint so no endpoint is always
-first. A backlog on one endpoint therefore never delays another's next
-delivery, and a hung receiver holds only its own slots.
+endpoint* (its ``max_in_flight`` less what it has in flight, and no more than
+its rate limit allows), within the global cap, starting from a rotating
+endpoint so no endpoint is always first. A backlog on one endpoint therefore
+never delays another's next delivery, and a hung receiver holds only its own
+slots.
 
 A slot is released only after the attempt's result is committed, so after a
 crash at most the in-flight deliveries are sent again. Claims are leased: a
@@ -30,6 +31,7 @@ from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
 from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Verdict, decide
+from tidings.delivery.ratelimit import TokenBucket
 from tidings.ids import ATTEMPT, new_id
 from tidings.metrics import Metrics
 from tidings.models import Attempt, AttemptResult, Claimed, DeliveryState, Endpoint
@@ -67,6 +69,8 @@ class Dispatcher:
         self._endpoints: dict[str, Endpoint] = {}
         self._endpoints_read_at = -1e9
         self._in_flight: Counter[str] = Counter()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._throttled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rotation = itertools.count()
         self.results: Batcher[AttemptResult, None] = Batcher("results", self._write_results)
@@ -115,29 +119,47 @@ class Dispatcher:
         self._endpoints = {ep.id: ep for ep in await self._store.active_endpoints()}
         self._endpoints_read_at = time.monotonic()
 
-    def _slots(self) -> dict[str, int]:
+    def _slots(self, now: float) -> dict[str, int]:
+        """How many deliveries each endpoint may start now, within the global cap."""
         free_total = self._settings.max_in_flight - self.in_flight
         endpoint_ids = list(self._endpoints)
+        self._throttled.clear()
         if not endpoint_ids or free_total <= 0:
             return {}
         start = next(self._rotation) % len(endpoint_ids)
         slots: dict[str, int] = {}
         for endpoint_id in endpoint_ids[start:] + endpoint_ids[:start]:
-            free = self._endpoints[endpoint_id].max_in_flight - self._in_flight[endpoint_id]
-            take = min(free, free_total)
+            endpoint = self._endpoints[endpoint_id]
+            take = min(endpoint.max_in_flight - self._in_flight[endpoint_id], free_total)
+            bucket = self._bucket(endpoint, now)
+            if bucket and take > 0:
+                take = min(take, bucket.available(now))
+                if take == 0:
+                    self._throttled.add(endpoint_id)
             if take > 0:
                 slots[endpoint_id] = take
                 free_total -= take
         return slots
 
+    def _bucket(self, endpoint: Endpoint, now: float) -> TokenBucket | None:
+        rate = endpoint.rate_limit_per_s
+        if not rate:
+            return None
+        bucket = self._buckets.get(endpoint.id)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[endpoint.id] = TokenBucket.full(rate, now)
+        return bucket
+
     async def _claim_round(self) -> int:
-        slots = self._slots()
+        slots = self._slots(time.monotonic())
         if not slots:
             return 0
         now = self._clock.now()
         claimed = await self._store.claim(slots, now, now + self._settings.lease)
         for job in claimed:
             self._in_flight[job.endpoint_id] += 1
+            if bucket := self._buckets.get(job.endpoint_id):
+                bucket.take(1, time.monotonic())
             task = asyncio.create_task(self._deliver(job), name=f"deliver {job.delivery_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -146,6 +168,9 @@ class Dispatcher:
     async def _sleep(self) -> None:
         now = self._clock.now()
         timeout = IDLE_WAKEUP_S
+        if self._throttled:
+            tick = time.monotonic()
+            timeout = min(self._buckets[e].wait(tick) for e in self._throttled)
         due = await self._store.next_wakeup(now)
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
