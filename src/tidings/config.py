@@ -11,10 +11,23 @@ import ipaddress
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _seconds(value: object) -> object:
+    """Read a bare number in an environment string as seconds."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 class Settings(BaseSettings):
@@ -34,16 +47,16 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
-    connect_timeout: timedelta = timedelta(seconds=5)
-    request_timeout: timedelta = timedelta(seconds=15)
+    connect_timeout: Duration = timedelta(seconds=5)
+    request_timeout: Duration = timedelta(seconds=15)
     max_in_flight: int = Field(default=256, ge=1)
     endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
     claim_batch: int = Field(default=500, ge=1)
-    lease: timedelta = timedelta(seconds=60)
-    retention: timedelta = timedelta(days=3)
-    retry_after_max: timedelta = timedelta(hours=1)
-    secret_grace: timedelta = timedelta(hours=24)
-    idempotency_ttl: timedelta = timedelta(hours=24)
+    lease: Duration = timedelta(seconds=60)
+    retention: Duration = timedelta(days=3)
+    retry_after_max: Duration = timedelta(hours=1)
+    secret_grace: Duration = timedelta(hours=24)
+    idempotency_ttl: Duration = timedelta(hours=24)
 
     @field_validator("allow_networks", mode="before")
     @classmethod
@@ -56,3 +69,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strict_networks(cls, value: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(str(net), strict=False) for net in value)
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> Settings:
+        if self.lease <= self.request_timeout:
+            raise ValueError(
+                "TIDINGS_LEASE must be longer than TIDINGS_REQUEST_TIMEOUT, or a slow "
+                "attempt's delivery would be claimed again while it is still running"
+            )
+        return self

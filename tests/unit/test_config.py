@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from tidings.config import Settings
+
+
+def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")  # no .env
+    settings = Settings()
+
+    assert settings.database_url == "sqlite:///./tidings.db"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.admin_token is None
+    assert settings.allow_networks == ()
+    assert settings.max_body_bytes == 256 * 1024
+    assert settings.connect_timeout == timedelta(seconds=5)
+    assert settings.request_timeout == timedelta(seconds=15)
+    assert settings.endpoint_max_in_flight == 10
+    assert settings.retention == timedelta(days=3)
+    assert settings.secret_grace == timedelta(hours=24)
+    assert settings.idempotency_ttl == timedelta(hours=24)
+
+
+def test_environment_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_ALLOW_NETWORKS", "127.0.0.0/8, ::1/128")
+    monkeypatch.setenv("TIDINGS_REQUEST_TIMEOUT", "2.5")
+    monkeypatch.setenv("TIDINGS_RETENTION", "P7D")
+
+    settings = Settings()
+
+    assert settings.allow_networks == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert settings.request_timeout == timedelta(seconds=2.5)
+    assert settings.retention == timedelta(days=7)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TIDINGS_ALLOW_NETWORKS", "not-a-network"),
+        ("TIDINGS_PORT", "70000"),
+        ("TIDINGS_LEASE", "10"),  # shorter than the 15 s request timeout
+    ],
+)
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
