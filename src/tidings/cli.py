@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated
+import signal
+from collections.abc import Coroutine, Iterator
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -82,28 +84,42 @@ async def _serve(settings: Settings) -> None:
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(), name="http")
-    failed = asyncio.create_task(tidings.failed.wait(), name="failure")
+    server = _Server(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    waits = {
+        asyncio.create_task(server.serve(), name="http"),
+        asyncio.create_task(tidings.failed.wait(), name="failure"),
+        asyncio.create_task(stopping.wait(), name="signal"),
+    }
     try:
-        await asyncio.wait({serving, failed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         server.should_exit = True
-        with contextlib.suppress(Exception):
-            await serving
-        failed.cancel()
+        for task in waits:
+            if task.get_name() != "http":
+                task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
         await tidings.stop()
     if tidings.failed.is_set():
         raise SystemExit(1)
 
 
-def _run(main: object) -> None:
-    try:
-        import uvloop
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling: ``_serve`` owns the signals, so
+    that a SIGTERM stops the HTTP server *and then* drains the engine."""
 
-        uvloop.run(main)  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
-        asyncio.run(main)  # type: ignore[arg-type]
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    import uvloop
+
+    uvloop.run(main)
 
 
 def main() -> None:
