@@ -147,19 +147,28 @@ async def test_a_closed_connection_is_retried(
 async def test_a_hung_receiver_holds_only_its_own_slots(
     client: httpx.AsyncClient, make_receiver: Callable[..., Any]
 ) -> None:
-    hung: Receiver = await make_receiver(behaviour=hang)
+    open_now = most_open = 0
+
+    async def hang_counting(request: web.Request) -> web.StreamResponse:
+        nonlocal open_now, most_open
+        open_now += 1
+        most_open = max(most_open, open_now)
+        try:
+            return await hang(request)
+        finally:
+            open_now -= 1
+
+    hung: Receiver = await make_receiver(behaviour=hang_counting)
     healthy: Receiver = await make_receiver()
     _, key = await new_tenant(client)
     await new_endpoint(client, key, hung.url, event_types=["slow"], max_in_flight=3)
     await new_endpoint(client, key, healthy.url, event_types=["fast"])
 
-    for _ in range(20):
-        await send(client, key, event_type="slow")
-    for _ in range(50):
-        await send(client, key, event_type="fast")
+    await asyncio.gather(*(send(client, key, event_type="slow") for _ in range(20)))
+    await asyncio.gather(*(send(client, key, event_type="fast") for _ in range(50)))
 
     await wait_for(lambda: len(healthy.received) == 50)
-    assert len(hung.received) == 3  # its three slots, and no more
+    assert most_open == 3  # its three slots, and no more
 
 
 async def test_a_backlog_on_one_endpoint_does_not_delay_another(

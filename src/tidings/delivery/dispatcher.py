@@ -30,7 +30,7 @@ from tidings.channels.webhook import WebhookChannel
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
-from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Verdict, decide
+from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Outcome, Verdict, decide
 from tidings.delivery.ratelimit import TokenBucket
 from tidings.ids import ATTEMPT, new_id
 from tidings.metrics import Metrics
@@ -220,7 +220,7 @@ class Dispatcher:
             started_at=started_at,
             duration_ms=sent.duration_ms,
             status_code=sent.outcome.status,
-            error=sent.outcome.detail or sent.outcome.error,
+            error=_error_text(sent.outcome),
             response_excerpt=sent.excerpt,
         )
         return AttemptResult(
@@ -238,6 +238,13 @@ class Dispatcher:
         if any(r.disable_endpoint for r in results):
             self.endpoints_changed()
         return [None] * len(results)
+
+
+def _error_text(outcome: Outcome) -> str | None:
+    """What the attempt record keeps of an error: its class and, if known, the detail."""
+    if outcome.error is None:
+        return None
+    return f"{outcome.error}: {outcome.detail}" if outcome.detail else outcome.error
 
 
 def _log_outcome(
