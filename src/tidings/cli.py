@@ -8,6 +8,7 @@ import signal
 from collections.abc import Coroutine, Iterator
 from typing import Annotated, Any
 
+import structlog
 import typer
 import uvicorn
 from rich.console import Console
@@ -85,6 +86,12 @@ async def _serve(settings: Settings) -> None:
         lifespan="off",
     )
     server = _Server(config)
+    structlog.get_logger("tidings").info(
+        "serving",
+        url=f"http://{settings.host}:{settings.port}",
+        database=settings.database_url.split("@")[-1],
+        version=__version__,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     request_timeout: Duration = timedelta(seconds=15)
     max_in_flight: int = Field(default=256, ge=1)
     endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
-    claim_batch: int = Field(default=500, ge=1)
     lease: Duration = timedelta(seconds=60)
     retention: Duration = timedelta(days=3)
     retry_after_max: Duration = timedelta(hours=1)
@@ -60,15 +59,13 @@ class Settings(BaseSettings):
 
     @field_validator("allow_networks", mode="before")
     @classmethod
-    def _split_networks(cls, value: object) -> object:
+    def _parse_networks(cls, value: object) -> object:
+        """Comma-separated CIDRs; host bits are ignored (``10.1.2.3/16`` is ``10.1.0.0/16``)."""
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(ipaddress.ip_network(str(net), strict=False) for net in value)
         return value
-
-    @field_validator("allow_networks", mode="after")
-    @classmethod
-    def _strict_networks(cls, value: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
-        return tuple(ipaddress.ip_network(str(net), strict=False) for net in value)
 
     @model_validator(mode="after")
     def _lease_outlives_a_request(self) -> Settings:

@@ -16,7 +16,7 @@ from tidings.delivery.policy import Decision, Outcome, Verdict
 from tidings.models import DeliveryState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
-DEAD_REASONS = ("exhausted", "expired", "gone", "blocked")
+DEAD_REASONS = ("exhausted", "expired", "gone", "blocked", "disabled", "deleted")
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400)
 
@@ -102,6 +102,11 @@ class Metrics:
             self.dead.labels(decision.reason.split(":", 1)[0]).inc()
         if success:
             self.latency.observe(max((now - accepted_at).total_seconds(), 0.0))
+
+    def ended(self, reason: str, count: int) -> None:
+        """Count deliveries that died without an attempt (their endpoint went away)."""
+        self.deliveries.labels(Verdict.DEAD.value).inc(count)
+        self.dead.labels(reason).inc(count)
 
     def set_queue_depth(self, depth: dict[DeliveryState, int]) -> None:
         for state, count in depth.items():

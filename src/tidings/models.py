@@ -160,8 +160,14 @@ class Claimed:
     event_type: str
     payload: bytes
     attempts: int
+    retry_base: int
     created_at: datetime
     message_created_at: datetime
+
+    @property
+    def attempt_in_round(self) -> int:
+        """The number of the next attempt counted from the last replay (1-based)."""
+        return self.attempts - self.retry_base + 1
 
 
 @dataclass(frozen=True, slots=True)

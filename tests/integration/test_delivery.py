@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -107,7 +108,7 @@ async def test_410_gone_disables_the_endpoint_and_ends_its_waiting_deliveries(
     waiting = await _settled(client, key, second["id"], "dead")
 
     assert gone["dead_reason"] == "gone: endpoint answered 410"
-    assert waiting["dead_reason"] == "endpoint disabled"
+    assert waiting["dead_reason"].startswith("disabled: ")
     assert waiting["attempts"] == 0
     response = await client.get(f"/v1/endpoints/{endpoint['id']}", headers=bearer(key))
     assert response.json()["state"] == "disabled"
@@ -222,3 +223,42 @@ async def test_a_rate_limit_paces_the_endpoint(
     arrivals = sorted(r.at for r in receiver.received)
     # A burst of ten, then one every tenth of a second: the last five need ~0.5 s.
     assert arrivals[-1] - arrivals[0] >= 0.4
+
+
+async def test_a_replayed_delivery_keeps_its_attempt_history(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.behaviour = status(503)
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, retry_schedule=[0, 0.05])
+    message = await send(client, key)
+    dead = await _settled(client, key, message["id"], "dead")
+
+    receiver.behaviour = ok
+    response = await client.post(
+        "/v1/deliveries/replay", json={"ids": [dead["id"]]}, headers=bearer(key)
+    )
+    assert response.json() == {"replayed": 1}
+    delivery = await _settled(client, key, message["id"], "succeeded")
+
+    assert delivery["attempts"] == 3
+    assert [a["number"] for a in delivery["attempt_log"]] == [1, 2, 3]
+    assert [a["status_code"] for a in delivery["attempt_log"]] == [503, 503, 204]
+
+
+async def test_the_first_entry_of_a_schedule_delays_the_first_attempt(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, retry_schedule=[3600])
+
+    message = await send(client, key)
+    await asyncio.sleep(0.3)
+
+    assert receiver.received == []
+    [delivery] = (await _message(client, key, message["id"]))["deliveries"]
+    assert delivery["state"] == "pending"
+    delay = datetime.fromisoformat(delivery["next_attempt_at"]) - datetime.fromisoformat(
+        delivery["created_at"]
+    )
+    assert delay == timedelta(hours=1)

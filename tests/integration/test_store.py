@@ -240,8 +240,10 @@ async def test_replay_returns_dead_deliveries_to_pending(store: Store) -> None:
     page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
     [delivery] = page.items
     assert delivery.state is DeliveryState.PENDING
-    assert delivery.attempts == 0
+    assert delivery.attempts == 1  # the history stays
     assert delivery.dead_reason is None
+    [again] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
+    assert again.attempt_in_round == 1  # the retry schedule starts over
 
 
 async def test_concurrent_writers_all_commit(store: Store) -> None:

@@ -78,8 +78,10 @@ async def update_endpoint(
 
 @router.delete("/{endpoint_id}", status_code=204)
 async def delete_endpoint(endpoint_id: str, tenant_id: TenantId, app: App) -> Response:
-    if not await app.store.delete_endpoint(tenant_id, endpoint_id, app.clock.now()):
+    ended = await app.store.delete_endpoint(tenant_id, endpoint_id, app.clock.now())
+    if ended is None:
         raise _not_found(endpoint_id)
+    app.metrics.ended("deleted", ended)
     app.dispatcher.endpoints_changed()
     return Response(status_code=204)
 

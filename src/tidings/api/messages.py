@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import AwareDatetime
 
 from tidings.api.auth import App, TenantId
 from tidings.api.schemas import (
@@ -35,7 +35,8 @@ IdempotencyKey = Annotated[
         max_length=200,
         pattern=r"^[\x21-\x7e]+$",
         description="Resending with the same key and body returns the first answer; "
-        "the same key with another body is a 409. Keys are kept for 24 h.",
+        "the same key with another body is a 409. Keys are kept for "
+        "TIDINGS_IDEMPOTENCY_TTL (24 h by default).",
     ),
 ]
 
@@ -91,8 +92,8 @@ async def list_deliveries(
     state: DeliveryState | None = None,
     endpoint_id: str | None = None,
     message_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> PageOut[DeliveryOut]:

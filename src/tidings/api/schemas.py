@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 from tidings.delivery.policy import validate_schedule
 from tidings.models import (
@@ -180,8 +180,8 @@ class MessageOut(BaseModel):
 class ReplayIn(_In):
     ids: list[str] | None = Field(default=None, max_length=1000)
     endpoint_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
 
 
 class ReplayOut(BaseModel):

@@ -201,7 +201,7 @@ class Dispatcher:
         number = job.attempts + 1
         decision = decide(
             sent.outcome,
-            attempt=number,
+            attempt=job.attempt_in_round,
             created_at=job.created_at,
             now=now,
             schedule=endpoint.retry_schedule or DEFAULT_SCHEDULE,
@@ -234,7 +234,9 @@ class Dispatcher:
         )
 
     async def _write_results(self, results: Sequence[AttemptResult]) -> list[None]:
-        await self._store.record_results(results, self._clock.now())
+        ended = await self._store.record_results(results, self._clock.now())
+        if ended:
+            self._metrics.ended("disabled", ended)
         if any(r.disable_endpoint for r in results):
             self.endpoints_changed()
         return [None] * len(results)

@@ -93,8 +93,11 @@ class Store(ABC):
         """Apply ``changes`` (field name to new value); None if there is no such endpoint."""
 
     @abstractmethod
-    async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> bool:
-        """Disable the endpoint for good; its waiting deliveries die with the reason."""
+    async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
+        """Disable the endpoint for good and end its waiting deliveries (``deleted: …``).
+
+        Returns how many deliveries that ended, or None if there is no such endpoint.
+        """
 
     @abstractmethod
     async def active_endpoints(self) -> list[Endpoint]:
@@ -143,8 +146,12 @@ class Store(ABC):
         """The earliest future time a pending delivery falls due or a lease runs out."""
 
     @abstractmethod
-    async def record_results(self, results: Sequence[AttemptResult], now: datetime) -> None:
-        """Write back finished attempts and the deliveries' new states, in one commit."""
+    async def record_results(self, results: Sequence[AttemptResult], now: datetime) -> int:
+        """Write back finished attempts and the deliveries' new states, in one commit.
+
+        Waiting deliveries of an endpoint found disabled (by a 410 in this batch or
+        before) end as dead (``disabled: …``); returns how many did.
+        """
 
     @abstractmethod
     async def queue_depth(self) -> dict[DeliveryState, int]: ...

@@ -128,6 +128,8 @@ deliveries = Table(
     Column("endpoint_id", String(40), ForeignKey("endpoints.id"), nullable=False),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
+    # attempts made before the last replay: the retry schedule counts from here
+    Column("retry_base", Integer, nullable=False),
     Column("next_attempt_at", Timestamp),
     Column("lease_expires_at", Timestamp),
     Column("last_status", Integer),

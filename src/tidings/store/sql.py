@@ -66,8 +66,10 @@ from tidings.store.schema import (
 _d = deliveries
 T = TypeVar("T")
 _ENDPOINT_JSON_FIELDS = ("event_types", "retry_schedule")
-_DELIVERY_COLUMNS = [c for c in _d.c if c.name != "lease_expires_at"]
-_CLAIM_CHUNK = 100  # per-endpoint subqueries per statement
+_DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
+_CLAIM_CHUNK = 100
+DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
+DELETED = "deleted: the endpoint was deleted"  # per-endpoint subqueries per statement
 
 
 class SqlStore(Store):
@@ -200,10 +202,10 @@ class SqlStore(Store):
             )
             return await _get_endpoint(conn, tenant_id, endpoint_id)
 
-    async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> bool:
+    async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
         async with self._write() as conn:
             if await _get_endpoint(conn, tenant_id, endpoint_id) is None:
-                return False
+                return None
             await conn.execute(
                 update(endpoints)
                 .where(endpoints.c.id == endpoint_id)
@@ -214,8 +216,7 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
-            await _kill_waiting(conn, [endpoint_id], "endpoint deleted", now)
-        return True
+            return await _kill_waiting(conn, [endpoint_id], DELETED, now)
 
     async def active_endpoints(self) -> list[Endpoint]:
         async with self._read() as conn:
@@ -304,7 +305,7 @@ class SqlStore(Store):
                 .where(*conditions)
                 .values(
                     state=DeliveryState.PENDING,
-                    attempts=0,
+                    retry_base=_d.c.attempts,
                     next_attempt_at=now,
                     dead_reason=None,
                     updated_at=now,
@@ -350,6 +351,7 @@ class SqlStore(Store):
                     _d.c.message_id,
                     _d.c.endpoint_id,
                     _d.c.attempts,
+                    _d.c.retry_base,
                     _d.c.created_at,
                     messages.c.event_type,
                     messages.c.payload,
@@ -374,6 +376,7 @@ class SqlStore(Store):
                 event_type=row.event_type,
                 payload=row.payload,
                 attempts=row.attempts,
+                retry_base=row.retry_base,
                 created_at=row.created_at,
                 message_created_at=row.message_created_at,
             )
@@ -403,9 +406,9 @@ class SqlStore(Store):
         known = [t for t in times if t is not None]
         return min(known) if known else None
 
-    async def record_results(self, results: Sequence[AttemptResult], now: datetime) -> None:
+    async def record_results(self, results: Sequence[AttemptResult], now: datetime) -> int:
         if not results:
-            return
+            return 0
         async with self._write() as conn:
             await conn.execute(insert(attempts), [_fields(r.attempt) for r in results])
             await conn.execute(
@@ -450,7 +453,7 @@ class SqlStore(Store):
                 endpoints.c.id.in_({r.endpoint_id for r in results}),
                 endpoints.c.state == EndpointState.DISABLED,
             )
-            await _kill_waiting(conn, disabled, "endpoint disabled", now)
+            return await _kill_waiting(conn, disabled, DISABLED, now)
 
     async def queue_depth(self) -> dict[DeliveryState, int]:
         async with self._read() as conn:
@@ -488,12 +491,9 @@ class _Ingest:
                 results.append(_replay_or_conflict(seen[key], new))
                 continue
             message_id = ids.new_id(ids.MESSAGE)
-            pairs = tuple(
-                (ids.new_id(ids.DELIVERY), ep.id)
-                for ep in fan_out.get(new.tenant_id, ())
-                if ep.accepts(new.event_type)
-            )
-            accepted = Accepted(message_id=message_id, deliveries=pairs)
+            targets = [ep for ep in fan_out.get(new.tenant_id, ()) if ep.accepts(new.event_type)]
+            pairs = tuple((ids.new_id(ids.DELIVERY), ep) for ep in targets)
+            accepted = Accepted(message_id, tuple((d_id, ep.id) for d_id, ep in pairs))
             results.append(accepted)
             message_rows.append(
                 {
@@ -506,7 +506,7 @@ class _Ingest:
                 }
             )
             delivery_rows.extend(
-                _new_delivery(d_id, ep_id, message_id, new, now) for d_id, ep_id in pairs
+                _new_delivery(d_id, ep, message_id, new, now) for d_id, ep in pairs
             )
             if key:
                 seen[key] = (new.request_hash, accepted)
@@ -574,16 +574,19 @@ def _replay_or_conflict(first: tuple[str, Accepted], new: NewMessage) -> Accepte
 
 
 def _new_delivery(
-    delivery_id: str, endpoint_id: str, message_id: str, new: NewMessage, now: datetime
+    delivery_id: str, endpoint: Endpoint, message_id: str, new: NewMessage, now: datetime
 ) -> dict[str, Any]:
+    # An endpoint's own schedule may delay even the first attempt (its first entry).
+    first_delay = endpoint.retry_schedule[0] if endpoint.retry_schedule else 0.0
     return {
         "id": delivery_id,
         "message_id": message_id,
         "tenant_id": new.tenant_id,
-        "endpoint_id": endpoint_id,
+        "endpoint_id": endpoint.id,
         "state": DeliveryState.PENDING,
         "attempts": 0,
-        "next_attempt_at": now,
+        "retry_base": 0,
+        "next_attempt_at": now + timedelta(seconds=first_delay),
         "lease_expires_at": None,
         "last_status": None,
         "last_error": None,
@@ -605,9 +608,9 @@ def _decode_accepted(text: str) -> Accepted:
 
 async def _kill_waiting(
     conn: AsyncConnection, endpoint_ids: Any, reason: str, now: datetime
-) -> None:
+) -> int:
     """Waiting deliveries of endpoints that will never be sent to again die with ``reason``."""
-    await conn.execute(
+    result = await conn.execute(
         update(_d)
         .where(
             _d.c.endpoint_id.in_(endpoint_ids),
@@ -615,6 +618,7 @@ async def _kill_waiting(
         )
         .values(state=DeliveryState.DEAD, dead_reason=reason, updated_at=now)
     )
+    return int(result.rowcount)
 
 
 async def _get_endpoint(conn: AsyncConnection, tenant_id: str, endpoint_id: str) -> Endpoint | None:

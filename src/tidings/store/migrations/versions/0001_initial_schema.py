@@ -111,6 +111,7 @@ def upgrade() -> None:
         sa.Column("endpoint_id", sa.String(length=40), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("retry_base", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.BigInteger(), nullable=True),
         sa.Column("lease_expires_at", sa.BigInteger(), nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
