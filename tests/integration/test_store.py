@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tidings import ids
-from tidings.exceptions import Conflict
+from tidings.exceptions import Conflict, StoreError, StoreUnavailable
 from tidings.models import (
     Accepted,
     Attempt,
@@ -261,3 +261,12 @@ async def test_purge_forgets_old_idempotency_keys(store: Store) -> None:
 
     assert await store.purge_idempotency_keys(NOW + timedelta(seconds=1)) == 1
     assert await store.purge_idempotency_keys(NOW + timedelta(seconds=1)) == 0
+
+
+async def test_a_store_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'missing-dir' / 'store.db'}")
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    with pytest.raises(StoreError):  # StoreUnavailable is a StoreError
+        await store.migrate()
+    await store.close()

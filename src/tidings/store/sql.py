@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
-from tidings.exceptions import Conflict, StoreUnavailable
+from tidings.exceptions import Conflict, StoreError, StoreUnavailable
 from tidings.models import (
     REPLAYABLE_STATES,
     Accepted,
@@ -72,6 +72,24 @@ DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
 DELETED = "deleted: the endpoint was deleted"  # per-endpoint subqueries per statement
 
 
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into the store's own: callers never see a driver exception."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"the store connection was lost: {exc.orig}") from exc
+        raise StoreError(f"the store failed: {exc.orig}") from exc
+
+
+async def _connect(engine: AsyncEngine) -> AsyncConnection:
+    try:
+        return await engine.connect()
+    except (DBAPIError, OSError) as exc:
+        raise StoreUnavailable(f"the store cannot be reached: {exc}") from exc
+
+
 class SqlStore(Store):
     """Shared SQL implementation; subclasses provide the engine and the write discipline."""
 
@@ -84,13 +102,22 @@ class SqlStore(Store):
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a transaction that commits on exit."""
-        async with self._engine.begin() as conn:
-            yield conn
+        with translate_errors():
+            conn = await _connect(self._engine)
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                await conn.close()
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._read_engine.connect() as conn:
-            yield conn
+        with translate_errors():
+            conn = await _connect(self._read_engine)
+            try:
+                yield conn
+            finally:
+                await conn.close()
 
     # lifecycle -------------------------------------------------------------------
 
@@ -117,8 +144,8 @@ class SqlStore(Store):
         try:
             async with asyncio.timeout(2), self._read() as conn:
                 await conn.execute(select(1))
-        except (OSError, DBAPIError, TimeoutError) as exc:
-            raise StoreUnavailable(f"the store does not answer: {exc}") from exc
+        except TimeoutError as exc:
+            raise StoreUnavailable("the store did not answer within 2 s") from exc
 
     # settings, tenants, keys -------------------------------------------------------
 

@@ -36,7 +36,7 @@ class SqliteStore(SqlStore):
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._writer, self._engine.begin() as conn:
+        async with self._writer, super()._write() as conn:
             yield conn
 
 
