@@ -163,6 +163,7 @@ class Claimed:
     retry_base: int
     created_at: datetime
     message_created_at: datetime
+    lease_until: datetime
 
     @property
     def attempt_in_round(self) -> int:
@@ -180,6 +181,8 @@ class AttemptResult:
     state: DeliveryState
     next_attempt_at: datetime | None
     dead_reason: str | None
+    lease_until: datetime
+    """The claim's lease: the result applies only while the delivery still holds it."""
     disable_endpoint: bool = False
 
 

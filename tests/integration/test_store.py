@@ -16,6 +16,7 @@ from tidings.models import (
     Accepted,
     Attempt,
     AttemptResult,
+    Claimed,
     DeliveryFilter,
     DeliveryState,
     Endpoint,
@@ -179,28 +180,36 @@ async def test_an_expired_lease_returns_the_delivery_to_pending(store: Store) ->
     assert again.delivery_id == claimed.delivery_id
 
 
+def _result(
+    claimed: Claimed,
+    state: DeliveryState,
+    status: int = 204,
+    next_at: datetime | None = None,
+    reason: str | None = None,
+) -> AttemptResult:
+    attempt = Attempt(ids.new_id(ids.ATTEMPT), claimed.delivery_id, 1, NOW, 3.5, status, None, "")
+    return AttemptResult(
+        claimed.delivery_id,
+        claimed.endpoint_id,
+        attempt,
+        state,
+        next_at,
+        reason,
+        claimed.lease_until,
+    )
+
+
 async def test_results_are_written_back_and_counted(store: Store) -> None:
     tenant_id = await _tenant(store)
     endpoint = await _endpoint(store, tenant_id)
     accepted = await _accept(store, _message(tenant_id), _message(tenant_id))
-    claimed = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
+    first, second = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
     retry_at = NOW + timedelta(seconds=5)
-    outcomes = {
-        claimed[0].delivery_id: (DeliveryState.SUCCEEDED, None, 204),
-        claimed[1].delivery_id: (DeliveryState.PENDING, retry_at, 503),
-    }
 
     await store.record_results(
         [
-            AttemptResult(
-                delivery_id=delivery_id,
-                endpoint_id=endpoint,
-                attempt=Attempt(ids.new_id(ids.ATTEMPT), delivery_id, 1, NOW, 3.5, code, None, ""),
-                state=state,
-                next_attempt_at=next_at,
-                dead_reason=None,
-            )
-            for delivery_id, (state, next_at, code) in outcomes.items()
+            _result(first, DeliveryState.SUCCEEDED),
+            _result(second, DeliveryState.PENDING, 503, next_at=retry_at),
         ],
         NOW,
     )
@@ -211,11 +220,29 @@ async def test_results_are_written_back_and_counted(store: Store) -> None:
     assert await store.next_wakeup(NOW) == retry_at
     detail = await store.get_message(tenant_id, accepted[1].message_id)
     assert detail is not None
-    states = {d.id: d.state for d in detail.deliveries}
     attempts = [a for batch in detail.attempts.values() for a in batch]
     assert len(attempts) == 1
     assert attempts[0].duration_ms == 3.5
-    assert set(states.values()) <= {DeliveryState.SUCCEEDED, DeliveryState.PENDING}
+
+
+async def test_a_result_under_a_lost_lease_changes_nothing(store: Store) -> None:
+    tenant_id = await _tenant(store)
+    endpoint = await _endpoint(store, tenant_id)
+    await _accept(store, _message(tenant_id))
+    [stale] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=1))
+    later = NOW + timedelta(seconds=2)
+    await store.reclaim_expired_leases(later)
+    [fresh] = await store.claim({endpoint: 5}, later, later + timedelta(minutes=1))
+
+    await store.record_results([_result(stale, DeliveryState.DEAD, 500, reason="x: y")], later)
+
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
+    [delivery] = page.items
+    assert delivery.state is DeliveryState.IN_FLIGHT  # the fresh claim still decides
+    await store.record_results([_result(fresh, DeliveryState.SUCCEEDED)], later)
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
+    assert page.items[0].state is DeliveryState.SUCCEEDED
+    assert page.items[0].attempts == 1
 
 
 async def test_replay_returns_dead_deliveries_to_pending(store: Store) -> None:
@@ -223,14 +250,8 @@ async def test_replay_returns_dead_deliveries_to_pending(store: Store) -> None:
     endpoint = await _endpoint(store, tenant_id)
     await _accept(store, _message(tenant_id))
     [claimed] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
-    attempt = Attempt(ids.new_id(ids.ATTEMPT), claimed.delivery_id, 1, NOW, 1.0, 500, None, "")
     await store.record_results(
-        [
-            AttemptResult(
-                claimed.delivery_id, endpoint, attempt, DeliveryState.DEAD, None, "exhausted: x"
-            )
-        ],
-        NOW,
+        [_result(claimed, DeliveryState.DEAD, 500, reason="exhausted: x")], NOW
     )
 
     other_tenant = await _tenant(store)

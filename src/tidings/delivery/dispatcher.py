@@ -230,6 +230,7 @@ class Dispatcher:
             state=_STATE_OF[decision.verdict],
             next_attempt_at=decision.next_attempt_at,
             dead_reason=decision.reason,
+            lease_until=job.lease_until,
             disable_endpoint=decision.disable_endpoint,
         )
 

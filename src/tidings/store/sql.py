@@ -406,6 +406,7 @@ class SqlStore(Store):
                 retry_base=row.retry_base,
                 created_at=row.created_at,
                 message_created_at=row.message_created_at,
+                lease_until=lease_until,
             )
             for row in rows
         ]
@@ -440,7 +441,13 @@ class SqlStore(Store):
             await conn.execute(insert(attempts), [_fields(r.attempt) for r in results])
             await conn.execute(
                 update(_d)
-                .where(_d.c.id == bindparam("b_id"))
+                # A result whose lease ran out (and was perhaps claimed again) is
+                # kept as an attempt but changes nothing: the newer claim decides.
+                .where(
+                    _d.c.id == bindparam("b_id"),
+                    _d.c.state == DeliveryState.IN_FLIGHT,
+                    _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
+                )
                 .values(
                     state=bindparam("b_state"),
                     attempts=_d.c.attempts + 1,
@@ -455,6 +462,7 @@ class SqlStore(Store):
                 [
                     {
                         "b_id": r.delivery_id,
+                        "b_lease": r.lease_until,
                         "b_state": r.state,
                         "b_next": r.next_attempt_at,
                         "b_status": r.attempt.status_code,
