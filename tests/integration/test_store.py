@@ -90,9 +90,8 @@ async def test_sqlite_commits_are_durable(tmp_path: Path) -> None:
 
 
 async def test_sqlite_connections_sync_fully(store: Store) -> None:
-    async with store._engine.connect() as conn:  # type: ignore[attr-defined]
-        result = await conn.exec_driver_sql("PRAGMA synchronous")
-        assert result.scalar() == 2  # FULL
+    with store._engine.connect() as conn:  # type: ignore[attr-defined]
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
 
 async def test_ingest_fans_out_to_matching_active_endpoints(store: Store) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -27,8 +29,8 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.exceptions import Conflict, StoreError, StoreUnavailable
@@ -72,6 +74,77 @@ DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
 DELETED = "deleted: the endpoint was deleted"  # per-endpoint subqueries per statement
 
 
+# Statements on the hot paths are built once; only their parameters change.
+
+
+@lru_cache(maxsize=_CLAIM_CHUNK)
+def _claim_select(endpoint_count: int) -> Any:
+    """Up to ``n<i>`` due pending deliveries of each endpoint ``ep<i>``, oldest due first,
+    with what sending them needs."""
+    now = bindparam("now", type_=_d.c.next_attempt_at.type)
+    picks = [
+        select(_d.c.id)
+        .where(
+            _d.c.endpoint_id == bindparam(f"ep{i}"),
+            _d.c.state == DeliveryState.PENDING,
+            _d.c.next_attempt_at <= now,
+        )
+        .order_by(_d.c.next_attempt_at)
+        .limit(bindparam(f"n{i}"))
+        .subquery()
+        for i in range(endpoint_count)
+    ]
+    chosen = union_all(*(select(pick.c.id) for pick in picks)).subquery()
+    return (
+        select(
+            _d.c.id,
+            _d.c.message_id,
+            _d.c.endpoint_id,
+            _d.c.attempts,
+            _d.c.retry_base,
+            _d.c.created_at,
+            messages.c.event_type,
+            messages.c.payload,
+            messages.c.created_at.label("message_created_at"),
+        )
+        .join(messages, messages.c.id == _d.c.message_id)
+        .where(_d.c.id.in_(select(chosen.c.id)))
+    )
+
+
+_CLAIM_UPDATE = (
+    update(_d)
+    .where(_d.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=DeliveryState.IN_FLIGHT,
+        lease_expires_at=bindparam("lease", type_=_d.c.lease_expires_at.type),
+        updated_at=bindparam("now", type_=_d.c.updated_at.type),
+    )
+)
+
+_RESULT_UPDATE = (
+    update(_d)
+    # A result whose lease ran out (and was perhaps claimed again) is kept as
+    # an attempt but changes nothing: the newer claim decides.
+    .where(
+        _d.c.id == bindparam("b_id"),
+        _d.c.state == DeliveryState.IN_FLIGHT,
+        _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
+    )
+    .values(
+        state=bindparam("b_state"),
+        attempts=_d.c.attempts + 1,
+        next_attempt_at=bindparam("b_next", type_=_d.c.next_attempt_at.type),
+        lease_expires_at=None,
+        last_status=bindparam("b_status"),
+        last_error=bindparam("b_error"),
+        dead_reason=bindparam("b_reason"),
+        succeeded_at=bindparam("b_succeeded", type_=_d.c.succeeded_at.type),
+        updated_at=bindparam("b_now", type_=_d.c.updated_at.type),
+    )
+)
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn driver errors into the store's own: callers never see a driver exception."""
@@ -83,121 +156,134 @@ def translate_errors() -> Iterator[None]:
         raise StoreError(f"the store failed: {exc.orig}") from exc
 
 
-async def _connect(engine: AsyncEngine) -> AsyncConnection:
+def _connect(engine: Engine) -> Connection:
     try:
-        return await engine.connect()
+        return engine.connect()
     except (DBAPIError, OSError) as exc:
         raise StoreUnavailable(f"the store cannot be reached: {exc}") from exc
 
 
 class SqlStore(Store):
-    """Shared SQL implementation; subclasses provide the engine and the write discipline."""
+    """The Store on SQLAlchemy Core; each transaction is one synchronous function.
 
-    def __init__(self, engine: AsyncEngine, read_engine: AsyncEngine | None = None) -> None:
-        self._engine = engine
-        self._read_engine = read_engine or engine
+    A transaction runs whole in a worker thread: writes on the one writer
+    thread (so they are serialised, as SQLite needs), reads on a small pool.
+    One hand-off per transaction instead of one per statement is what makes
+    SQLite fast here: a claim costs a fraction of a millisecond, not several.
+    """
 
-    # write discipline ------------------------------------------------------------
+    def __init__(self, writer: Engine, reader: Engine, readers: int = 4) -> None:
+        self._engine = writer
+        self._read_engine = reader
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-store-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tidings-store-reader")
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a transaction that commits on exit."""
+    async def _writing(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    async def _reading(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn)
+
+    # transactions (run in a worker thread) -----------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A connection in a transaction that commits on exit.
+
+        ``durable=False`` marks the engine's own bookkeeping (claims, leases,
+        results): losing it to a power cut (not to a process crash) only means a
+        delivery is sent again, so a backend may commit it without a flush.
+        """
         with translate_errors():
-            conn = await _connect(self._engine)
+            conn = _connect(self._engine)
             try:
-                async with conn.begin():
+                self._prepare(conn, durable=durable)
+                with conn.begin():
                     yield conn
             finally:
-                await conn.close()
+                conn.close()
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    def _prepare(self, conn: Connection, *, durable: bool) -> None:
+        """Set up ``conn`` before a write transaction (backend hook)."""
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
         with translate_errors():
-            conn = await _connect(self._read_engine)
+            conn = _connect(self._read_engine)
             try:
                 yield conn
             finally:
-                await conn.close()
+                conn.close()
 
     # lifecycle -------------------------------------------------------------------
 
-    async def migrate(self) -> None:
+    def _migrate_tx(self) -> None:
         from alembic import command
         from alembic.config import Config
 
-        script_location = str(resources.files("tidings.store") / "migrations")
-
-        def upgrade(sync_conn: Any) -> None:
-            cfg = Config()
-            cfg.set_main_option("script_location", script_location)
-            cfg.attributes["connection"] = sync_conn
+        cfg = Config()
+        cfg.set_main_option("script_location", str(resources.files("tidings.store") / "migrations"))
+        with self._write() as conn:
+            cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-        async with self._write() as conn:
-            await conn.run_sync(upgrade)
+    def _close_tx(self) -> None:
+        self._engine.dispose()
+        self._read_engine.dispose()
 
-    async def close(self) -> None:
-        await self._engine.dispose()
-        await self._read_engine.dispose()
-
-    async def ping(self) -> None:
-        try:
-            async with asyncio.timeout(2), self._read() as conn:
-                await conn.execute(select(1))
-        except TimeoutError as exc:
-            raise StoreUnavailable("the store did not answer within 2 s") from exc
+    def _ping_tx(self) -> None:
+        with self._read() as conn:
+            conn.execute(select(1))
 
     # settings, tenants, keys -------------------------------------------------------
 
-    async def get_setting(self, key: str) -> str | None:
-        async with self._read() as conn:
-            value = await conn.scalar(select(settings.c.value).where(settings.c.key == key))
+    def _get_setting_tx(self, key: str) -> str | None:
+        with self._read() as conn:
+            value = conn.scalar(select(settings.c.value).where(settings.c.key == key))
         return None if value is None else str(value)
 
-    async def set_setting(self, key: str, value: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(delete(settings).where(settings.c.key == key))
-            await conn.execute(insert(settings).values(key=key, value=value))
+    def _set_setting_tx(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(settings).where(settings.c.key == key))
+            conn.execute(insert(settings).values(key=key, value=value))
 
-    async def create_tenant(self, tenant: Tenant) -> None:
-        async with self._write() as conn:
-            await conn.execute(insert(tenants).values(**_fields(tenant)))
+    def _create_tenant_tx(self, tenant: Tenant) -> None:
+        with self._write() as conn:
+            conn.execute(insert(tenants).values(**_fields(tenant)))
 
-    async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+    def _get_tenant_tx(self, tenant_id: str) -> Tenant | None:
+        with self._read() as conn:
+            row = (conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
         return None if row is None else Tenant(**row._asdict())
 
-    async def list_tenants(self, *, cursor: str | None, limit: int) -> Page[Tenant]:
+    def _list_tenants_tx(self, *, cursor: str | None, limit: int) -> Page[Tenant]:
         query = select(tenants).order_by(tenants.c.id.desc()).limit(limit + 1)
         if cursor:
             query = query.where(tenants.c.id < cursor)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        with self._read() as conn:
+            rows = (conn.execute(query)).all()
         return _page([Tenant(**row._asdict()) for row in rows], limit)
 
-    async def create_api_key(self, key: ApiKey) -> None:
-        async with self._write() as conn:
-            await conn.execute(insert(api_keys).values(**_fields(key)))
+    def _create_api_key_tx(self, key: ApiKey) -> None:
+        with self._write() as conn:
+            conn.execute(insert(api_keys).values(**_fields(key)))
 
-    async def tenant_for_key(self, key_hash: str) -> str | None:
-        async with self._read() as conn:
-            value = await conn.scalar(
-                select(api_keys.c.tenant_id).where(api_keys.c.key_hash == key_hash)
-            )
+    def _tenant_for_key_tx(self, key_hash: str) -> str | None:
+        with self._read() as conn:
+            value = conn.scalar(select(api_keys.c.tenant_id).where(api_keys.c.key_hash == key_hash))
         return None if value is None else str(value)
 
     # endpoints -------------------------------------------------------------------
 
-    async def create_endpoint(self, endpoint: Endpoint) -> None:
-        async with self._write() as conn:
-            await conn.execute(insert(endpoints).values(**_endpoint_row(endpoint)))
+    def _create_endpoint_tx(self, endpoint: Endpoint) -> None:
+        with self._write() as conn:
+            conn.execute(insert(endpoints).values(**_endpoint_row(endpoint)))
 
-    async def get_endpoint(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
-        async with self._read() as conn:
-            return await _get_endpoint(conn, tenant_id, endpoint_id)
+    def _get_endpoint_tx(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
+        with self._read() as conn:
+            return _get_endpoint(conn, tenant_id, endpoint_id)
 
-    async def list_endpoints(
+    def _list_endpoints_tx(
         self, tenant_id: str, *, cursor: str | None, limit: int
     ) -> Page[Endpoint]:
         query = (
@@ -208,32 +294,32 @@ class SqlStore(Store):
         )
         if cursor:
             query = query.where(endpoints.c.id < cursor)
-        async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        with self._read() as conn:
+            rows = (conn.execute(query)).all()
         return _page([_endpoint(row) for row in rows], limit)
 
-    async def update_endpoint(
+    def _update_endpoint_tx(
         self, tenant_id: str, endpoint_id: str, changes: Mapping[str, Any], now: datetime
     ) -> Endpoint | None:
         values = {
             key: orjson.dumps(value).decode() if key in _ENDPOINT_JSON_FIELDS and value else value
             for key, value in changes.items()
         }
-        async with self._write() as conn:
-            if await _get_endpoint(conn, tenant_id, endpoint_id) is None:
+        with self._write() as conn:
+            if _get_endpoint(conn, tenant_id, endpoint_id) is None:
                 return None
-            await conn.execute(
+            conn.execute(
                 update(endpoints)
                 .where(endpoints.c.id == endpoint_id)
                 .values(**values, updated_at=now)
             )
-            return await _get_endpoint(conn, tenant_id, endpoint_id)
+            return _get_endpoint(conn, tenant_id, endpoint_id)
 
-    async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
-        async with self._write() as conn:
-            if await _get_endpoint(conn, tenant_id, endpoint_id) is None:
+    def _delete_endpoint_tx(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
+        with self._write() as conn:
+            if _get_endpoint(conn, tenant_id, endpoint_id) is None:
                 return None
-            await conn.execute(
+            conn.execute(
                 update(endpoints)
                 .where(endpoints.c.id == endpoint_id)
                 .values(
@@ -243,27 +329,25 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
-            return await _kill_waiting(conn, [endpoint_id], DELETED, now)
+            return _kill_waiting(conn, [endpoint_id], DELETED, now)
 
-    async def active_endpoints(self) -> list[Endpoint]:
-        async with self._read() as conn:
-            rows = await conn.execute(
-                select(endpoints).where(endpoints.c.state == EndpointState.ACTIVE)
-            )
+    def _active_endpoints_tx(self) -> list[Endpoint]:
+        with self._read() as conn:
+            rows = conn.execute(select(endpoints).where(endpoints.c.state == EndpointState.ACTIVE))
             return [_endpoint(row) for row in rows]
 
     # messages and deliveries ---------------------------------------------------------
 
-    async def ingest(
+    def _ingest_tx(
         self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
     ) -> list[Accepted | Conflict]:
-        async with self._write() as conn:
-            return await _Ingest(conn, now, now - timedelta(seconds=idempotency_ttl_s)).run(batch)
+        with self._write() as conn:
+            return _Ingest(conn, now, now - timedelta(seconds=idempotency_ttl_s)).run(batch)
 
-    async def get_message(self, tenant_id: str, message_id: str) -> MessageDetail | None:
-        async with self._read() as conn:
+    def _get_message_tx(self, tenant_id: str, message_id: str) -> MessageDetail | None:
+        with self._read() as conn:
             row = (
-                await conn.execute(
+                conn.execute(
                     select(messages).where(
                         messages.c.id == message_id, messages.c.tenant_id == tenant_id
                     )
@@ -271,11 +355,11 @@ class SqlStore(Store):
             ).first()
             if row is None:
                 return None
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(*_DELIVERY_COLUMNS).where(_d.c.message_id == message_id).order_by(_d.c.id)
             )
             found = tuple(_delivery(r) for r in rows)
-            attempt_rows = await conn.execute(
+            attempt_rows = conn.execute(
                 select(attempts)
                 .where(attempts.c.delivery_id.in_([d.id for d in found]))
                 .order_by(attempts.c.delivery_id, attempts.c.number)
@@ -289,7 +373,7 @@ class SqlStore(Store):
             attempts={key: tuple(value) for key, value in by_delivery.items()},
         )
 
-    async def list_deliveries(
+    def _list_deliveries_tx(
         self, tenant_id: str, where: DeliveryFilter, *, cursor: str | None, limit: int
     ) -> Page[Delivery]:
         conditions = [_d.c.tenant_id == tenant_id]
@@ -306,11 +390,11 @@ class SqlStore(Store):
         if cursor:
             conditions.append(_d.c.id < cursor)
         query = select(*_DELIVERY_COLUMNS).where(*conditions).order_by(_d.c.id.desc())
-        async with self._read() as conn:
-            rows = (await conn.execute(query.limit(limit + 1))).all()
+        with self._read() as conn:
+            rows = (conn.execute(query.limit(limit + 1))).all()
         return _page([_delivery(row) for row in rows], limit)
 
-    async def replay(self, tenant_id: str, selector: ReplaySelector, now: datetime) -> int:
+    def _replay_tx(self, tenant_id: str, selector: ReplaySelector, now: datetime) -> int:
         conditions = [
             _d.c.tenant_id == tenant_id,
             _d.c.state.in_(REPLAYABLE_STATES),
@@ -326,8 +410,8 @@ class SqlStore(Store):
             conditions.append(_d.c.created_at >= selector.since)
         if selector.until:
             conditions.append(_d.c.created_at < selector.until)
-        async with self._write() as conn:
-            result = await conn.execute(
+        with self._write() as conn:
+            result = conn.execute(
                 update(_d)
                 .where(*conditions)
                 .values(
@@ -342,58 +426,43 @@ class SqlStore(Store):
 
     # engine ----------------------------------------------------------------------
 
-    async def reclaim_expired_leases(self, now: datetime) -> int:
-        async with self._write() as conn:
-            result = await conn.execute(
+    def _reclaim_expired_leases_tx(self, now: datetime) -> int:
+        with self._write(durable=False) as conn:
+            result = conn.execute(
                 update(_d)
                 .where(_d.c.state == DeliveryState.IN_FLIGHT, _d.c.lease_expires_at <= now)
                 .values(state=DeliveryState.PENDING, lease_expires_at=None, updated_at=now)
             )
         return int(result.rowcount)
 
-    async def claim(
+    def _claim_tx(
         self, slots: Mapping[str, int], now: datetime, lease_until: datetime
     ) -> list[Claimed]:
         wanted = [(endpoint_id, n) for endpoint_id, n in slots.items() if n > 0]
         claimed: list[Claimed] = []
-        async with self._write() as conn:
+        with self._write(durable=False) as conn:
             for start in range(0, len(wanted), _CLAIM_CHUNK):
                 chunk = wanted[start : start + _CLAIM_CHUNK]
-                claimed.extend(await self._claim_chunk(conn, chunk, now, lease_until))
+                claimed.extend(self._claim_chunk(conn, chunk, now, lease_until))
         return claimed
 
-    async def _claim_chunk(
+    def _claim_chunk(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         chunk: Sequence[tuple[str, int]],
         now: datetime,
         lease_until: datetime,
     ) -> list[Claimed]:
-        picks = [self._due(endpoint_id, n, now).subquery() for endpoint_id, n in chunk]
-        chosen = union_all(*(select(pick.c.id) for pick in picks)).subquery()
-        rows = (
-            await conn.execute(
-                select(
-                    _d.c.id,
-                    _d.c.message_id,
-                    _d.c.endpoint_id,
-                    _d.c.attempts,
-                    _d.c.retry_base,
-                    _d.c.created_at,
-                    messages.c.event_type,
-                    messages.c.payload,
-                    messages.c.created_at.label("message_created_at"),
-                )
-                .join(messages, messages.c.id == _d.c.message_id)
-                .where(_d.c.id.in_(select(chosen.c.id)))
-            )
-        ).all()
+        params: dict[str, Any] = {"now": now}
+        for i, (endpoint_id, n) in enumerate(chunk):
+            params[f"ep{i}"] = endpoint_id
+            params[f"n{i}"] = n
+        rows = conn.execute(_claim_select(len(chunk)), params).all()
         if not rows:
             return []
-        await conn.execute(
-            update(_d)
-            .where(_d.c.id.in_([row.id for row in rows]))
-            .values(state=DeliveryState.IN_FLIGHT, lease_expires_at=lease_until, updated_at=now)
+        conn.execute(
+            _CLAIM_UPDATE,
+            {"ids": [row.id for row in rows], "lease": lease_until, "now": now},
         )
         return [
             Claimed(
@@ -411,54 +480,23 @@ class SqlStore(Store):
             for row in rows
         ]
 
-    def _due(self, endpoint_id: str, limit: int, now: datetime) -> Any:
-        """The ids of ``endpoint_id``'s due pending deliveries, oldest due first."""
-        return (
-            select(_d.c.id)
-            .where(
-                _d.c.endpoint_id == endpoint_id,
-                _d.c.state == DeliveryState.PENDING,
-                _d.c.next_attempt_at <= now,
-            )
-            .order_by(_d.c.next_attempt_at)
-            .limit(limit)
-        )
-
-    async def next_wakeup(self, now: datetime) -> datetime | None:
+    def _next_wakeup_tx(self, now: datetime) -> datetime | None:
         due = select(func.min(_d.c.next_attempt_at)).where(
             _d.c.state == DeliveryState.PENDING, _d.c.next_attempt_at > now
         )
         lease = select(func.min(_d.c.lease_expires_at)).where(_d.c.state == DeliveryState.IN_FLIGHT)
-        async with self._read() as conn:
-            times = [await conn.scalar(due), await conn.scalar(lease)]
+        with self._read() as conn:
+            times = [conn.scalar(due), conn.scalar(lease)]
         known = [t for t in times if t is not None]
         return min(known) if known else None
 
-    async def record_results(self, results: Sequence[AttemptResult], now: datetime) -> int:
+    def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int:
         if not results:
             return 0
-        async with self._write() as conn:
-            await conn.execute(insert(attempts), [_fields(r.attempt) for r in results])
-            await conn.execute(
-                update(_d)
-                # A result whose lease ran out (and was perhaps claimed again) is
-                # kept as an attempt but changes nothing: the newer claim decides.
-                .where(
-                    _d.c.id == bindparam("b_id"),
-                    _d.c.state == DeliveryState.IN_FLIGHT,
-                    _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
-                )
-                .values(
-                    state=bindparam("b_state"),
-                    attempts=_d.c.attempts + 1,
-                    next_attempt_at=bindparam("b_next", type_=_d.c.next_attempt_at.type),
-                    lease_expires_at=None,
-                    last_status=bindparam("b_status"),
-                    last_error=bindparam("b_error"),
-                    dead_reason=bindparam("b_reason"),
-                    succeeded_at=bindparam("b_succeeded", type_=_d.c.succeeded_at.type),
-                    updated_at=now,
-                ),
+        with self._write(durable=False) as conn:
+            conn.execute(insert(attempts), [_fields(r.attempt) for r in results])
+            conn.execute(
+                _RESULT_UPDATE,
                 [
                     {
                         "b_id": r.delivery_id,
@@ -469,13 +507,14 @@ class SqlStore(Store):
                         "b_error": r.attempt.error,
                         "b_reason": r.dead_reason,
                         "b_succeeded": now if r.state is DeliveryState.SUCCEEDED else None,
+                        "b_now": now,
                     }
                     for r in results
                 ],
             )
             gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
             if gone:
-                await conn.execute(
+                conn.execute(
                     update(endpoints)
                     .where(endpoints.c.id.in_(gone), endpoints.c.state == EndpointState.ACTIVE)
                     .values(
@@ -484,37 +523,144 @@ class SqlStore(Store):
                         updated_at=now,
                     )
                 )
+            # Retries of an endpoint disabled meanwhile (by a 410 here or earlier)
+            # would wait for ever: they end now.
+            waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
+            if not gone and not waiting:
+                return 0
             disabled = select(endpoints.c.id).where(
-                endpoints.c.id.in_({r.endpoint_id for r in results}),
+                endpoints.c.id.in_(waiting.union(gone)),
                 endpoints.c.state == EndpointState.DISABLED,
             )
-            return await _kill_waiting(conn, disabled, DISABLED, now)
+            return _kill_waiting(conn, disabled, DISABLED, now)
 
-    async def queue_depth(self) -> dict[DeliveryState, int]:
-        async with self._read() as conn:
-            rows = await conn.execute(select(_d.c.state, func.count()).group_by(_d.c.state))
+    def _queue_depth_tx(self) -> dict[DeliveryState, int]:
+        with self._read() as conn:
+            rows = conn.execute(select(_d.c.state, func.count()).group_by(_d.c.state))
             counts = {DeliveryState(state): int(n) for state, n in rows}
         return {state: counts.get(state, 0) for state in DeliveryState}
 
-    async def purge_idempotency_keys(self, before: datetime) -> int:
-        async with self._write() as conn:
-            result = await conn.execute(
+    def _purge_idempotency_keys_tx(self, before: datetime) -> int:
+        with self._write() as conn:
+            result = conn.execute(
                 delete(idempotency_keys).where(idempotency_keys.c.created_at < before)
             )
         return int(result.rowcount)
+
+    # the Store contract: each call is one transaction in a worker thread ------------
+
+    async def migrate(self) -> None:
+        return await self._writing(self._migrate_tx)
+
+    async def get_setting(self, key: str) -> str | None:
+        return await self._reading(partial(self._get_setting_tx, key))
+
+    async def set_setting(self, key: str, value: str) -> None:
+        return await self._writing(partial(self._set_setting_tx, key, value))
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        return await self._writing(partial(self._create_tenant_tx, tenant))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        return await self._reading(partial(self._get_tenant_tx, tenant_id))
+
+    async def list_tenants(self, *, cursor: str | None, limit: int) -> Page[Tenant]:
+        return await self._reading(partial(self._list_tenants_tx, cursor=cursor, limit=limit))
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        return await self._writing(partial(self._create_api_key_tx, key))
+
+    async def tenant_for_key(self, key_hash: str) -> str | None:
+        return await self._reading(partial(self._tenant_for_key_tx, key_hash))
+
+    async def create_endpoint(self, endpoint: Endpoint) -> None:
+        return await self._writing(partial(self._create_endpoint_tx, endpoint))
+
+    async def get_endpoint(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
+        return await self._reading(partial(self._get_endpoint_tx, tenant_id, endpoint_id))
+
+    async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
+        return await self._writing(partial(self._delete_endpoint_tx, tenant_id, endpoint_id, now))
+
+    async def active_endpoints(self) -> list[Endpoint]:
+        return await self._reading(self._active_endpoints_tx)
+
+    async def get_message(self, tenant_id: str, message_id: str) -> MessageDetail | None:
+        return await self._reading(partial(self._get_message_tx, tenant_id, message_id))
+
+    async def replay(self, tenant_id: str, selector: ReplaySelector, now: datetime) -> int:
+        return await self._writing(partial(self._replay_tx, tenant_id, selector, now))
+
+    async def reclaim_expired_leases(self, now: datetime) -> int:
+        return await self._writing(partial(self._reclaim_expired_leases_tx, now))
+
+    async def next_wakeup(self, now: datetime) -> datetime | None:
+        return await self._reading(partial(self._next_wakeup_tx, now))
+
+    async def record_results(self, results: Sequence[AttemptResult], now: datetime) -> int:
+        return await self._writing(partial(self._record_results_tx, results, now))
+
+    async def queue_depth(self) -> dict[DeliveryState, int]:
+        return await self._reading(self._queue_depth_tx)
+
+    async def purge_idempotency_keys(self, before: datetime) -> int:
+        return await self._writing(partial(self._purge_idempotency_keys_tx, before))
+
+    async def list_endpoints(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[Endpoint]:
+        return await self._reading(
+            partial(self._list_endpoints_tx, tenant_id, cursor=cursor, limit=limit)
+        )
+
+    async def update_endpoint(
+        self, tenant_id: str, endpoint_id: str, changes: Mapping[str, Any], now: datetime
+    ) -> Endpoint | None:
+        return await self._writing(
+            partial(self._update_endpoint_tx, tenant_id, endpoint_id, changes, now)
+        )
+
+    async def ingest(
+        self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
+    ) -> list[Accepted | Conflict]:
+        return await self._writing(partial(self._ingest_tx, batch, now, idempotency_ttl_s))
+
+    async def list_deliveries(
+        self, tenant_id: str, where: DeliveryFilter, *, cursor: str | None, limit: int
+    ) -> Page[Delivery]:
+        return await self._reading(
+            partial(self._list_deliveries_tx, tenant_id, where, cursor=cursor, limit=limit)
+        )
+
+    async def claim(
+        self, slots: Mapping[str, int], now: datetime, lease_until: datetime
+    ) -> list[Claimed]:
+        return await self._writing(partial(self._claim_tx, slots, now, lease_until))
+
+    async def close(self) -> None:
+        await self._writing(self._close_tx)
+        self._writer.shutdown()
+        self._readers.shutdown()
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(2):
+                await self._reading(self._ping_tx)
+        except TimeoutError as exc:
+            raise StoreUnavailable("the store did not answer within 2 s") from exc
 
 
 class _Ingest:
     """One ingest transaction: idempotency checks, fan-out, and the inserts."""
 
-    def __init__(self, conn: AsyncConnection, now: datetime, keys_since: datetime) -> None:
+    def __init__(self, conn: Connection, now: datetime, keys_since: datetime) -> None:
         self._conn = conn
         self._now = now
         self._keys_since = keys_since
 
-    async def run(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
-        seen = await self._known_keys(batch)
-        fan_out = await self._endpoints_by_tenant({m.tenant_id for m in batch})
+    def run(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
+        seen = self._known_keys(batch)
+        fan_out = self._endpoints_by_tenant({m.tenant_id for m in batch})
         results: list[Accepted | Conflict] = []
         message_rows: list[dict[str, Any]] = []
         delivery_rows: list[dict[str, Any]] = []
@@ -561,10 +707,10 @@ class _Ingest:
             (idempotency_keys, key_rows),
         ):
             if rows:
-                await self._conn.execute(insert(table), rows)
+                self._conn.execute(insert(table), rows)
         return results
 
-    async def _known_keys(
+    def _known_keys(
         self, batch: Sequence[NewMessage]
     ) -> dict[tuple[str, str], tuple[str, Accepted]]:
         keys = {(m.tenant_id, m.idempotency_key) for m in batch if m.idempotency_key}
@@ -572,8 +718,8 @@ class _Ingest:
             return {}
         k = idempotency_keys.c
         stale = and_(tuple_(k.tenant_id, k.key).in_(keys), k.created_at < self._keys_since)
-        await self._conn.execute(delete(idempotency_keys).where(stale))
-        rows = await self._conn.execute(
+        self._conn.execute(delete(idempotency_keys).where(stale))
+        rows = self._conn.execute(
             select(k.tenant_id, k.key, k.request_hash, k.response).where(
                 tuple_(k.tenant_id, k.key).in_(keys)
             )
@@ -583,8 +729,8 @@ class _Ingest:
             for row in rows
         }
 
-    async def _endpoints_by_tenant(self, tenant_ids: set[str]) -> dict[str, list[Endpoint]]:
-        rows = await self._conn.execute(
+    def _endpoints_by_tenant(self, tenant_ids: set[str]) -> dict[str, list[Endpoint]]:
+        rows = self._conn.execute(
             select(endpoints)
             .where(
                 endpoints.c.tenant_id.in_(tenant_ids),
@@ -641,11 +787,9 @@ def _decode_accepted(text: str) -> Accepted:
     return Accepted(message_id=data["id"], deliveries=tuple((d, e) for d, e in data["deliveries"]))
 
 
-async def _kill_waiting(
-    conn: AsyncConnection, endpoint_ids: Any, reason: str, now: datetime
-) -> int:
+def _kill_waiting(conn: Connection, endpoint_ids: Any, reason: str, now: datetime) -> int:
     """Waiting deliveries of endpoints that will never be sent to again die with ``reason``."""
-    result = await conn.execute(
+    result = conn.execute(
         update(_d)
         .where(
             _d.c.endpoint_id.in_(endpoint_ids),
@@ -656,9 +800,9 @@ async def _kill_waiting(
     return int(result.rowcount)
 
 
-async def _get_endpoint(conn: AsyncConnection, tenant_id: str, endpoint_id: str) -> Endpoint | None:
+def _get_endpoint(conn: Connection, tenant_id: str, endpoint_id: str) -> Endpoint | None:
     row = (
-        await conn.execute(
+        conn.execute(
             select(endpoints).where(
                 endpoints.c.id == endpoint_id,
                 endpoints.c.tenant_id == tenant_id,

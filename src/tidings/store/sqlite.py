@@ -1,55 +1,64 @@
-"""The embedded SQLite store: WAL, ``synchronous=FULL``, one writer at a time.
+"""The embedded SQLite store: WAL, one writer thread, fsync where it was promised.
 
-Durability: every commit is fsynced (``synchronous=FULL``) before the caller
-hears of it. Throughput: writers are serialised by an in-process lock (SQLite
-allows one writer anyway, and waiting on a lock is cheaper than on
-``SQLITE_BUSY``), and callers that write much (ingest, result write-back)
-batch their work so one fsync covers many rows. Readers run beside the writer
-on their own connections, as WAL allows.
+Durability: every commit of what a caller was promised (a message, an
+endpoint) is fsynced (``synchronous=FULL``) before the caller hears of it; the
+engine's own bookkeeping (claims, results) is committed with
+``synchronous=NORMAL``, which WAL keeps across a process crash (a power cut
+may lose it, and then a delivery is sent again: at-least-once still holds).
+
+Throughput: SQLite allows one writer, so every write transaction runs on the
+one writer thread, and callers that write much (ingest, result write-back)
+batch their work so one commit covers many rows. Readers run beside the
+writer on their own connections and threads, as WAL allows.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import QueuePool
 
 from tidings.store.sql import SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
+READERS = 4
 
 
 class SqliteStore(SqlStore):
     def __init__(self, url: str) -> None:
-        writer = create_async_engine(_async_url(url), pool_size=1, max_overflow=0)
-        event.listen(writer.sync_engine, "connect", _configure)
-        event.listen(writer.sync_engine, "begin", _begin("BEGIN IMMEDIATE"))
-        readers = create_async_engine(_async_url(url), pool_size=8, max_overflow=0)
-        event.listen(readers.sync_engine, "connect", _configure)
-        event.listen(readers.sync_engine, "begin", _begin("BEGIN"))
-        super().__init__(writer, readers)
-        self._writer = asyncio.Lock()
+        writer = _engine(url, pool_size=1)
+        event.listen(writer, "begin", _begin_write)
+        reader = _engine(url, pool_size=READERS)
+        event.listen(reader, "begin", _begin_read)
+        super().__init__(writer, reader, readers=READERS)
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._writer, super()._write() as conn:
-            yield conn
+    def _prepare(self, conn: Connection, *, durable: bool) -> None:
+        conn.info["want_synchronous"] = "FULL" if durable else "NORMAL"
 
 
-def _async_url(url: str) -> str:
-    if url.startswith("sqlite+aiosqlite://"):
-        return url
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
+def _engine(url: str, pool_size: int) -> Any:
+    engine = create_engine(
+        _sync_url(url),
+        poolclass=QueuePool,
+        pool_size=pool_size,
+        max_overflow=0,
+        connect_args={"check_same_thread": False},
+    )
+    event.listen(engine, "connect", _configure)
+    return engine
+
+
+def _sync_url(url: str) -> str:
+    for prefix in ("sqlite+aiosqlite://", "sqlite+pysqlite://", "sqlite://"):
+        if url.startswith(prefix):
+            return "sqlite+pysqlite://" + url.removeprefix(prefix)
     raise ValueError(f"not a SQLite URL: {url!r}")
 
 
 def _configure(dbapi_conn: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event emit BEGIN itself (see _begin_immediate).
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (see _begin_write).
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -59,12 +68,20 @@ def _configure(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _begin(statement: str) -> Callable[[Any], None]:
-    """Emit our own BEGIN: IMMEDIATE for writers, so a write transaction takes the
-    write lock at once and never fails to upgrade a read lock half-way (another
-    process, e.g. ``tidings migrate``); plain for readers, a consistent snapshot."""
+def _begin_write(conn: Any) -> None:
+    """BEGIN IMMEDIATE, after setting the flush level the transaction asked for.
 
-    def begin(conn: Any) -> None:
-        conn.exec_driver_sql(statement)
+    IMMEDIATE takes the write lock at once, so a write transaction never fails
+    to upgrade a read lock half-way (another process, e.g. ``tidings migrate``);
+    SQLite changes ``synchronous`` only outside a transaction.
+    """
+    wanted = conn.info.pop("want_synchronous", "FULL")
+    if conn.info.get("synchronous", "FULL") != wanted:
+        conn.exec_driver_sql(f"PRAGMA synchronous={wanted}")
+        conn.info["synchronous"] = wanted
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    return begin
+
+def _begin_read(conn: Any) -> None:
+    """A plain BEGIN for readers: each read sees one consistent snapshot."""
+    conn.exec_driver_sql("BEGIN")
