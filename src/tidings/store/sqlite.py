@@ -51,7 +51,7 @@ def _engine(url: str, pool_size: int) -> Any:
 
 
 def _sync_url(url: str) -> str:
-    for prefix in ("sqlite+aiosqlite://", "sqlite+pysqlite://", "sqlite://"):
+    for prefix in ("sqlite+pysqlite://", "sqlite://"):
         if url.startswith(prefix):
             return "sqlite+pysqlite://" + url.removeprefix(prefix)
     raise ValueError(f"not a SQLite URL: {url!r}")
