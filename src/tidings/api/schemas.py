@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+)
 
 from tidings.delivery.policy import validate_schedule
 from tidings.models import (
@@ -30,8 +39,28 @@ def _email(value: str) -> str:
     return value
 
 
+def _schedule(value: object) -> list[float]:
+    if not isinstance(value, list):
+        raise ValueError("a retry schedule is a list of seconds")
+    return list(validate_schedule(value))
+
+
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
-Schedule = Annotated[list[float], AfterValidator(lambda v: list(validate_schedule(v)))]
+# validate_schedule sees the raw JSON, so `true` or "5" are refused, not coerced.
+Schedule = Annotated[list[float], BeforeValidator(_schedule)]
+
+
+def _finite(value: JsonValue) -> JsonValue:
+    """Refuse NaN and Infinity anywhere in a payload: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not JSON numbers")
+    if isinstance(value, list):
+        for item in value:
+            _finite(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _finite(item)
+    return value
 
 
 class _In(BaseModel):
@@ -118,7 +147,9 @@ class EndpointOut(BaseModel):
 
 class MessageIn(_In):
     event_type: EventType
-    payload: JsonValue = Field(description="Any JSON value; delivered as the envelope's `data`.")
+    payload: Annotated[JsonValue, AfterValidator(_finite)] = Field(
+        description="Any JSON value; delivered as the envelope's `data`."
+    )
 
 
 class AcceptedDelivery(BaseModel):

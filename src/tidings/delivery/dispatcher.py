@@ -175,7 +175,10 @@ class Dispatcher:
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
         try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the wait ends, and shutdown would hang.
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
         except TimeoutError:
             if due is not None and due <= self._clock.now():
                 await self._store.reclaim_expired_leases(self._clock.now())

@@ -67,7 +67,6 @@ from tidings.store.schema import (
 
 _d = deliveries
 T = TypeVar("T")
-_ENDPOINT_JSON_FIELDS = ("event_types", "retry_schedule")
 _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
 _CLAIM_CHUNK = 100
 DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
@@ -301,10 +300,11 @@ class SqlStore(Store):
     def _update_endpoint_tx(
         self, tenant_id: str, endpoint_id: str, changes: Mapping[str, Any], now: datetime
     ) -> Endpoint | None:
-        values = {
-            key: orjson.dumps(value).decode() if key in _ENDPOINT_JSON_FIELDS and value else value
-            for key, value in changes.items()
-        }
+        values = dict(changes)
+        if "event_types" in values:  # empty or null: every event type
+            values["event_types"] = orjson.dumps(list(values["event_types"] or [])).decode()
+        if values.get("retry_schedule") is not None:  # null: the default schedule
+            values["retry_schedule"] = orjson.dumps(list(values["retry_schedule"])).decode()
         with self._write() as conn:
             if _get_endpoint(conn, tenant_id, endpoint_id) is None:
                 return None
