@@ -1,7 +1,10 @@
-"""The Store on SQLAlchemy Core (async): one query layer for SQLite and PostgreSQL.
+"""The Store on SQLAlchemy Core: one query layer for SQLite and, later, PostgreSQL.
 
-Backend specifics (connection pragmas, how writers are serialised, how rows
-are locked while claiming) live in subclasses; everything else is here.
+Every store call is one transaction written as a plain synchronous function
+(``_<name>_tx``) and run whole in a worker thread; the async methods of the
+:class:`~tidings.store.base.Store` contract at the end of the class only hand
+it over. Backend specifics (connection pragmas, flush levels) live in
+subclasses; everything else is here.
 """
 
 from __future__ import annotations
@@ -68,9 +71,9 @@ from tidings.store.schema import (
 _d = deliveries
 T = TypeVar("T")
 _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
-_CLAIM_CHUNK = 100
+_CLAIM_CHUNK = 100  # per-endpoint subqueries per statement
 DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
-DELETED = "deleted: the endpoint was deleted"  # per-endpoint subqueries per statement
+DELETED = "deleted: the endpoint was deleted"
 
 
 # Statements on the hot paths are built once; only their parameters change.
