@@ -19,7 +19,8 @@ from tidings.exceptions import Forbidden, Unauthorized
 KEY_CACHE_TTL_S = 30.0
 
 
-def get_tidings(request: Request) -> Tidings:
+async def get_tidings(request: Request) -> Tidings:
+    # async on purpose: FastAPI runs a plain-def dependency in a thread pool.
     app: Tidings = request.app.state.tidings
     return app
 
