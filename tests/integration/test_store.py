@@ -290,3 +290,22 @@ async def test_a_store_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> N
     with pytest.raises(StoreError):  # StoreUnavailable is a StoreError
         await store.migrate()
     await store.close()
+
+
+async def test_release_returns_unstarted_claims_and_ends_those_of_gone_endpoints(
+    store: Store,
+) -> None:
+    tenant_id = await _tenant(store)
+    kept = await _endpoint(store, tenant_id, ("a",))
+    deleted = await _endpoint(store, tenant_id, ("b",))
+    await _accept(store, NewMessage(tenant_id, "a", b"{}", None, "h"))
+    await _accept(store, NewMessage(tenant_id, "b", b"{}", None, "h"))
+    claimed = await store.claim({kept: 5, deleted: 5}, NOW, NOW + timedelta(minutes=1))
+    await store.delete_endpoint(tenant_id, deleted, NOW)
+
+    assert await store.release(claimed, NOW) == 2
+
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
+    states = {d.endpoint_id: (d.state, d.dead_reason) for d in page.items}
+    assert states[kept] == (DeliveryState.PENDING, None)
+    assert states[deleted] == (DeliveryState.DEAD, "deleted: the endpoint was deleted")

@@ -1,15 +1,17 @@
 """The dispatcher: claims due deliveries fairly, sends them, writes results back.
 
-Each round it asks the store for up to ``free slots`` due deliveries *per
-endpoint* (its ``max_in_flight`` less what it has in flight, and no more than
-its rate limit allows), within the global cap, starting from a rotating
-endpoint so no endpoint is always first. A backlog on one endpoint therefore
-never delays another's next delivery, and a hung receiver holds only its own
-slots.
+Each round it asks the store for due deliveries *per endpoint*, as many as
+fill that endpoint's window (``max_in_flight`` in flight plus as many ready to
+go, and no more than its rate limit allows), within the global cap, starting
+from a rotating endpoint so no endpoint is always first. A backlog on one
+endpoint therefore never delays another's next delivery, and a hung receiver
+holds only its own slots. A freed slot is refilled from the ready queue at
+once, without waiting for the store.
 
 A slot is released only after the attempt's result is committed, so after a
 crash at most the in-flight deliveries are sent again. Claims are leased: a
-crashed process's in-flight deliveries return to pending when the lease ends.
+crashed process's claimed deliveries return to pending when the lease ends,
+and a stopping one hands back those it has not started.
 
 The dispatcher sleeps until it is woken (new work, a freed slot, an endpoint
 change) or until the next retry or lease falls due; there is no polling delay.
@@ -21,7 +23,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 
 import structlog
@@ -69,6 +71,7 @@ class Dispatcher:
         self._endpoints: dict[str, Endpoint] = {}
         self._endpoints_read_at = -1e9
         self._in_flight: Counter[str] = Counter()
+        self._ready: dict[str, deque[Claimed]] = defaultdict(deque)
         self._buckets: dict[str, TokenBucket] = {}
         self._throttled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -101,11 +104,16 @@ class Dispatcher:
                 await self._sleep()
 
     async def drain(self, grace_s: float) -> None:
-        """Wait up to ``grace_s`` seconds for in-flight attempts, then flush results.
+        """Hand back claimed deliveries not yet started, wait up to ``grace_s``
+        seconds for in-flight attempts, then flush results.
 
         Attempts still running after that are cancelled; their leases run out and
         the next process sends them again.
         """
+        waiting = [job for queue in self._ready.values() for job in queue]
+        self._ready.clear()
+        if waiting:
+            await self._store.release(waiting, self._clock.now())
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace_s)
         await self.results.drain()
@@ -118,28 +126,69 @@ class Dispatcher:
             return
         self._endpoints = {ep.id: ep for ep in await self._store.active_endpoints()}
         self._endpoints_read_at = time.monotonic()
+        gone = [
+            job for e in list(self._ready) if e not in self._endpoints for job in self._ready.pop(e)
+        ]
+        if gone:
+            await self._store.release(gone, self._clock.now())
 
     def _slots(self, now: float) -> dict[str, int]:
-        """How many deliveries each endpoint may start now, within the global cap."""
-        free_total = self._settings.max_in_flight - self.in_flight
+        """How many deliveries to claim for each endpoint, within the global cap.
+
+        An endpoint holds up to twice its ``max_in_flight``: that many in flight
+        and as many claimed and ready to go, so a freed slot is refilled at once
+        and claims come in batches. It claims again when its ready queue is half
+        empty; a rate-limited endpoint claims no more than its tokens allow.
+        """
+        held = self.in_flight + sum(len(q) for q in self._ready.values())
+        free_total = 2 * self._settings.max_in_flight - held
         endpoint_ids = list(self._endpoints)
-        self._throttled.clear()
         if not endpoint_ids or free_total <= 0:
             return {}
         start = next(self._rotation) % len(endpoint_ids)
         slots: dict[str, int] = {}
         for endpoint_id in endpoint_ids[start:] + endpoint_ids[:start]:
             endpoint = self._endpoints[endpoint_id]
-            take = min(endpoint.max_in_flight - self._in_flight[endpoint_id], free_total)
+            ready = len(self._ready[endpoint_id])
+            if ready > endpoint.max_in_flight // 2:
+                continue
+            take = 2 * endpoint.max_in_flight - self._in_flight[endpoint_id] - ready
             bucket = self._bucket(endpoint, now)
-            if bucket and take > 0:
-                take = min(take, bucket.available(now))
-                if take == 0:
-                    self._throttled.add(endpoint_id)
+            if bucket:
+                take = min(take, bucket.available(now) - ready)
+            take = min(take, free_total)
             if take > 0:
                 slots[endpoint_id] = take
                 free_total -= take
         return slots
+
+    def _start(self, endpoint_id: str) -> None:
+        """Start ready deliveries of ``endpoint_id`` while it has free slots and tokens."""
+        endpoint = self._endpoints.get(endpoint_id)
+        queue = self._ready.get(endpoint_id)
+        if endpoint is None or not queue:
+            return
+        tick = time.monotonic()
+        bucket = self._bucket(endpoint, tick)
+        # A job must be able to finish inside its lease, or a claim after the lease
+        # ends could send it a second time: older ones are left to lapse.
+        fresh_until = self._clock.now() + self._settings.request_timeout
+        while queue and self._in_flight[endpoint_id] < endpoint.max_in_flight:
+            if self.in_flight >= self._settings.max_in_flight:
+                return
+            if bucket and bucket.available(tick) < 1:
+                self._throttled.add(endpoint_id)
+                return
+            job = queue.popleft()
+            if job.lease_until < fresh_until:
+                continue
+            if bucket:
+                bucket.take(1, tick)
+            self._in_flight[endpoint_id] += 1
+            task = asyncio.create_task(self._deliver(job), name=f"deliver {job.delivery_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._throttled.discard(endpoint_id)
 
     def _bucket(self, endpoint: Endpoint, now: float) -> TokenBucket | None:
         rate = endpoint.rate_limit_per_s
@@ -157,12 +206,9 @@ class Dispatcher:
         now = self._clock.now()
         claimed = await self._store.claim(slots, now, now + self._settings.lease)
         for job in claimed:
-            self._in_flight[job.endpoint_id] += 1
-            if bucket := self._buckets.get(job.endpoint_id):
-                bucket.take(1, time.monotonic())
-            task = asyncio.create_task(self._deliver(job), name=f"deliver {job.delivery_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._ready[job.endpoint_id].append(job)
+        for endpoint_id in {job.endpoint_id for job in claimed}:
+            self._start(endpoint_id)
         return len(claimed)
 
     async def _sleep(self) -> None:
@@ -171,6 +217,8 @@ class Dispatcher:
         if self._throttled:
             tick = time.monotonic()
             timeout = min(self._buckets[e].wait(tick) for e in self._throttled)
+            for endpoint_id in list(self._throttled):
+                self._start(endpoint_id)
         due = await self._store.next_wakeup(now)
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
@@ -195,6 +243,7 @@ class Dispatcher:
             log.exception("delivery_failed_unrecorded", delivery_id=job.delivery_id)
         finally:
             self._in_flight[job.endpoint_id] -= 1
+            self._start(job.endpoint_id)
             self.wake()
 
     async def _attempt(self, endpoint: Endpoint, job: Claimed) -> AttemptResult:
@@ -241,7 +290,11 @@ class Dispatcher:
         ended = await self._store.record_results(results, self._clock.now())
         if ended:
             self._metrics.ended("disabled", ended)
-        if any(r.disable_endpoint for r in results):
+        gone = {r.endpoint_id for r in results if r.disable_endpoint}
+        for endpoint_id in gone:
+            # Start nothing more for it; the refresh hands its ready queue back.
+            self._endpoints.pop(endpoint_id, None)
+        if gone:
             self.endpoints_changed()
         return [None] * len(results)
 

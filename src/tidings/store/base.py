@@ -142,6 +142,14 @@ class Store(ABC):
         """Lease up to ``slots[endpoint_id]`` due deliveries of each endpoint, oldest due first."""
 
     @abstractmethod
+    async def release(self, claimed: Sequence[Claimed], now: datetime) -> int:
+        """Return claimed deliveries that were not attempted to pending; how many.
+
+        Deliveries of an endpoint that was disabled or deleted meanwhile end as
+        dead instead (as :meth:`reclaim_expired_leases` does for lapsed leases).
+        """
+
+    @abstractmethod
     async def next_wakeup(self, now: datetime) -> datetime | None:
         """The earliest future time a pending delivery falls due or a lease runs out."""
 

@@ -124,6 +124,20 @@ _CLAIM_UPDATE = (
     )
 )
 
+_RELEASE = (
+    update(_d)
+    .where(
+        _d.c.id == bindparam("b_id"),
+        _d.c.state == DeliveryState.IN_FLIGHT,
+        _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
+    )
+    .values(
+        state=DeliveryState.PENDING,
+        lease_expires_at=None,
+        updated_at=bindparam("b_now", type_=_d.c.updated_at.type),
+    )
+)
+
 _RESULT_UPDATE = (
     update(_d)
     # A result whose lease ran out (and was perhaps claimed again) is kept as
@@ -436,6 +450,19 @@ class SqlStore(Store):
                 .where(_d.c.state == DeliveryState.IN_FLIGHT, _d.c.lease_expires_at <= now)
                 .values(state=DeliveryState.PENDING, lease_expires_at=None, updated_at=now)
             )
+            if result.rowcount:
+                _end_orphans(conn, now)
+        return int(result.rowcount)
+
+    def _release_tx(self, claimed: Sequence[Claimed], now: datetime) -> int:
+        if not claimed:
+            return 0
+        with self._write(durable=False) as conn:
+            result = conn.execute(
+                _RELEASE,
+                [{"b_id": c.delivery_id, "b_lease": c.lease_until, "b_now": now} for c in claimed],
+            )
+            _end_orphans(conn, now)
         return int(result.rowcount)
 
     def _claim_tx(
@@ -640,6 +667,9 @@ class SqlStore(Store):
     ) -> list[Claimed]:
         return await self._writing(partial(self._claim_tx, slots, now, lease_until))
 
+    async def release(self, claimed: Sequence[Claimed], now: datetime) -> int:
+        return await self._writing(partial(self._release_tx, claimed, now))
+
     async def close(self) -> None:
         await self._writing(self._close_tx)
         self._writer.shutdown()
@@ -788,6 +818,15 @@ def _encode_accepted(accepted: Accepted) -> str:
 def _decode_accepted(text: str) -> Accepted:
     data = orjson.loads(text)
     return Accepted(message_id=data["id"], deliveries=tuple((d, e) for d, e in data["deliveries"]))
+
+
+def _end_orphans(conn: Connection, now: datetime) -> None:
+    """Waiting deliveries of endpoints disabled or deleted meanwhile end as dead."""
+    e = endpoints.c
+    deleted = select(e.id).where(e.deleted_at.is_not(None))
+    disabled = select(e.id).where(e.state == EndpointState.DISABLED, e.deleted_at.is_(None))
+    _kill_waiting(conn, deleted, DELETED, now)
+    _kill_waiting(conn, disabled, DISABLED, now)
 
 
 def _kill_waiting(conn: Connection, endpoint_ids: Any, reason: str, now: datetime) -> int:
