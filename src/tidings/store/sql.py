@@ -124,13 +124,17 @@ _CLAIM_UPDATE = (
     )
 )
 
+# The delivery is still in flight under the lease it was claimed with: a write
+# from a claim whose lease ran out (and was perhaps claimed again) changes nothing.
+_STILL_CLAIMED = (
+    _d.c.id == bindparam("b_id"),
+    _d.c.state == DeliveryState.IN_FLIGHT,
+    _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
+)
+
 _RELEASE = (
     update(_d)
-    .where(
-        _d.c.id == bindparam("b_id"),
-        _d.c.state == DeliveryState.IN_FLIGHT,
-        _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
-    )
+    .where(*_STILL_CLAIMED)
     .values(
         state=DeliveryState.PENDING,
         lease_expires_at=None,
@@ -140,13 +144,7 @@ _RELEASE = (
 
 _RESULT_UPDATE = (
     update(_d)
-    # A result whose lease ran out (and was perhaps claimed again) is kept as
-    # an attempt but changes nothing: the newer claim decides.
-    .where(
-        _d.c.id == bindparam("b_id"),
-        _d.c.state == DeliveryState.IN_FLIGHT,
-        _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
-    )
+    .where(*_STILL_CLAIMED)  # a late result is kept as an attempt, nothing more
     .values(
         state=bindparam("b_state"),
         attempts=_d.c.attempts + 1,
