@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from bench.measure import CpuMeter
+from bench.measure import CpuMeter, machine_busy
 from bench.options import PROJECT_DIR, Options
 from bench.receivers import Nginx
 from bench.results import Results
 from bench.server import TidingsServer, running
 
 PROFILE_MAX_S = 900
+QUIET_PCT = 25.0  # % of all cores: "the machine is quiet enough to measure"
 
 
 @dataclass
@@ -45,12 +47,29 @@ class Context:
                 if profiler is not None:
                     await _stop_profiler(profiler)
 
+    async def settle(self) -> None:
+        """Wait (at most ``--settle`` seconds) until the rest of the machine is quiet.
+
+        Other work on a 2-core machine (a test suite, say) halves what tidings
+        gets; this waits for a quiet second before a measurement starts.
+        """
+        limit = self.options.settle
+        if limit <= 0:
+            return
+        started = time.monotonic()
+        busy = await machine_busy(1.0)
+        while busy >= QUIET_PCT and time.monotonic() - started < limit:
+            busy = await machine_busy(1.0)
+        waited = time.monotonic() - started
+        if busy >= QUIET_PCT:
+            self.results.note(f"the machine is still {busy:.0f}% busy after {waited:.0f}s: noisy")
+        elif waited > 1.5:
+            self.results.note(f"waited {waited:.0f}s for a quiet machine")
+
     def cpu(self, server: TidingsServer) -> CpuMeter:
         return CpuMeter({"tidings": lambda: [server.pid], "nginx": lambda: self.nginx.pids})
 
-    async def _profile(
-        self, server: TidingsServer, name: str
-    ) -> asyncio.subprocess.Process | None:
+    async def _profile(self, server: TidingsServer, name: str) -> asyncio.subprocess.Process | None:
         if not self.options.profile:
             return None
         py_spy = PROJECT_DIR / ".venv" / "bin" / "py-spy"
@@ -65,6 +84,7 @@ class Context:
             "record",
             "--pid",
             str(server.pid),
+            "--gil",  # only the thread holding the GIL: where tidings' Python CPU goes
             "--rate",
             "250",
             "--format",

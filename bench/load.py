@@ -85,7 +85,7 @@ async def drive(
     ok_status: int,
     within_s: float,
 ) -> LoadStats:
-    """Send ``count`` requests (``request(i)`` gives url, body, headers) ``concurrency`` at a time."""
+    """Send ``count`` requests, ``concurrency`` at a time; ``request(i)``: url, body, headers."""
     stats = LoadStats(started=time.monotonic())
     deadline = stats.started + within_s
     counter = iter(range(count))

@@ -82,6 +82,40 @@ def rates(points: list[Point], expected: float, started: float, ingest_end: floa
     )
 
 
+@dataclass(frozen=True)
+class Drain:
+    """Delivering a backlog that was released at ``released`` (deliveries/s)."""
+
+    rate: float  # between the first and the last sample that moved: the steady rate
+    from_release: float  # from the release to the last sample, ramp-up included
+    first_s: float  # first delivery seen, seconds after the release
+    seconds: float  # release to last delivery seen
+    delivered: float
+    complete: bool
+
+
+def drain(points: list[Point], expected: float, released: float) -> Drain:
+    """Rates of a backlog's delivery from counter samples taken every ``POLL_S``."""
+    before = [p for p in points if p.t < released]
+    after = [p for p in points if p.t >= released]
+    if not before or len(after) < 2:
+        raise RuntimeError("too few samples around the release: nothing to measure")
+    base = before[-1].count
+    moving = [p for p in after if p.count > base]
+    if len(moving) < 2:
+        raise RuntimeError("the backlog did not move: nothing was delivered")
+    first = moving[0]
+    done = next((p for p in moving if p.count >= expected), moving[-1])
+    return Drain(
+        rate=(done.count - first.count) / max(done.t - first.t, 1e-9),
+        from_release=(done.count - base) / max(done.t - released, 1e-9),
+        first_s=first.t - released,
+        seconds=done.t - released,
+        delivered=done.count - base,
+        complete=done.count >= expected,
+    )
+
+
 # CPU ------------------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -116,6 +150,7 @@ class CpuMeter:
         used = {name: sum(_proc_cpu(p) for p in pids()) for name, pids in self.groups.items()}
         times = os.times()
         used["bench"] = times.user + times.system
+        used["wrk"] = times.children_user + times.children_system  # children that exited
         return used
 
     def start(self) -> None:
@@ -129,7 +164,17 @@ class CpuMeter:
         now = self._read()
         busy, total = _machine()
         found = {name: round(100 * (now[name] - self._start[name]) / wall, 1) for name in now}
-        found["machine_busy_pct_all_cores"] = round(
-            100 * (busy - self._machine[0]) / max(total - self._machine[1], 1e-9), 1
-        )
+        machine_pct = 100 * (busy - self._machine[0]) / max(total - self._machine[1], 1e-9)
+        found["machine_busy_pct_all_cores"] = round(machine_pct, 1)
+        # What everything else on the machine used (other engineers' tests, say).
+        ours = sum(found[name] for name in now)
+        found["others"] = round(max(machine_pct * (os.cpu_count() or 1) - ours, 0.0), 1)
         return found
+
+
+async def machine_busy(window_s: float) -> float:
+    """How busy the whole machine is over ``window_s`` seconds, in % of all its cores."""
+    busy0, total0 = _machine()
+    await asyncio.sleep(window_s)
+    busy1, total1 = _machine()
+    return 100 * (busy1 - busy0) / max(total1 - total0, 1e-9)

@@ -25,6 +25,7 @@ class Options:
     tidings: Path
     profile: bool
     keep_temp: bool
+    settle: float
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -41,7 +42,9 @@ def _scenarios(text: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"scenarios are a comma-separated subset of a,b,c,d: {text}")
+        raise argparse.ArgumentTypeError(
+            f"scenarios are a comma-separated subset of a,b,c,d: {text}"
+        )
     return chosen
 
 
@@ -59,9 +62,15 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--connections", type=_ints, default=(64, 128), help="connections for d (64,128)")
     add("--load-generator", choices=("wrk", "aiohttp"), default="wrk", help="for d (wrk)")
     add("--repeat", type=int, default=1, help="run the chosen scenarios this many times (1)")
-    add("--results-dir", type=Path, default=BENCH_DIR / "results")
-    add("--tidings", type=Path, default=PROJECT_DIR / ".venv" / "bin" / "tidings")
+    add("--results-dir", type=Path, default=BENCH_DIR / "results", help="(bench/results)")
+    add(
+        "--tidings",
+        type=Path,
+        default=PROJECT_DIR / ".venv" / "bin" / "tidings",
+        help="the tidings command to benchmark (.venv/bin/tidings)",
+    )
     add("--profile", action="store_true", help="py-spy record each tidings process (if present)")
+    add("--settle", type=float, default=30.0, help="wait up to S s for a quiet machine (30)")
     add("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, databases)")
     ns = parser.parse_args(argv)
     if not 1 <= ns.messages <= 1_000_000:
@@ -83,4 +92,5 @@ def parse(argv: list[str] | None = None) -> Options:
         tidings=ns.tidings,
         profile=ns.profile,
         keep_temp=ns.keep_temp,
+        settle=max(0.0, min(ns.settle, 600.0)),
     )

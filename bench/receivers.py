@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +78,7 @@ class Nginx:
     def __init__(self, prefix: Path) -> None:
         self.prefix = prefix
         self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -96,33 +95,43 @@ class Nginx:
         except OSError:
             return [self._proc.pid]
 
-    async def start(self) -> None:
+    def _command(self) -> list[str]:
+        """Write the config; the command line that runs nginx on it."""
         self.prefix.mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
         conf.write_text(_CONF.format(prefix=self.prefix, port=self.port))
         binary = str(NGINX if NGINX.exists() else shutil.which("nginx"))
-        log = (self.prefix / "stderr.log").open("wb")
-        self._proc = subprocess.Popen(
-            [binary, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        return [
+            binary,
+            "-p",
+            str(self.prefix),
+            "-c",
+            str(conf),
+            "-e",
+            str(self.prefix / "error.log"),
+        ]
+
+    async def start(self) -> None:
+        command = self._command()
+        self._proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
-        log.close()
         proc = self._proc
-        await wait_listening(self.port, 10.0, proc.poll)
+        await wait_listening(self.port, 10.0, lambda: proc.returncode)
 
     async def stop(self) -> None:
-        if self._proc is None:
-            return
         proc, self._proc = self._proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, 10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 10)
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def wait_listening(port: int, within_s: float, exited: Callable[[], int | None]) -> None:

@@ -32,9 +32,8 @@ _HEADER = f"{'':<4}{'variant':<38}{'value':>12}  {'unit':<16}{'target':<16}verdi
 
 def format_row(row: Row) -> str:
     value = f"{row.value:,.1f}" if row.unit == "%" else f"{row.value:,.0f}"
-    return (
-        f"{row.scenario:<4}{row.variant:<38}{value:>12}  {row.unit:<16}{row.target:<16}{row.verdict}"
-    )
+    head = f"{row.scenario:<4}{row.variant:<38}{value:>12}"
+    return f"{head}  {row.unit:<16}{row.target:<16}{row.verdict}"
 
 
 def _first(pattern: str, text: str) -> str:
@@ -47,7 +46,8 @@ def _version(command: list[str]) -> str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except OSError:
         return "not installed"
-    return (done.stdout + done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
 
 
 def machine() -> dict[str, Any]:
@@ -62,7 +62,20 @@ def machine() -> dict[str, Any]:
         "wrk": _version(["wrk", "--version"]),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "tidings_commit": _version(["git", "-C", str(PROJECT_DIR), "rev-parse", "--short", "HEAD"]),
+        "tidings_src_changes": _src_changes(),
     }
+
+
+def _src_changes() -> list[str]:
+    """Uncommitted changes under src/ (the benchmark measures the working tree)."""
+    command = ["git", "--no-optional-locks", "-C", str(PROJECT_DIR), "status", "--porcelain"]
+    try:
+        done = subprocess.run(
+            [*command, "--", "src"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return ["git not available"]
+    return done.stdout.splitlines()
 
 
 class Results:

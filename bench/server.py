@@ -121,12 +121,18 @@ class TidingsServer:
         url: str,
         event_types: Sequence[str] = (),
         max_in_flight: int | None = None,
+        rate_limit_per_s: float | None = None,
     ) -> str:
         body: dict[str, Any] = {"url": url, "event_types": list(event_types)}
         if max_in_flight is not None:
             body["max_in_flight"] = max_in_flight
+        if rate_limit_per_s is not None:
+            body["rate_limit_per_s"] = rate_limit_per_s
         endpoint = await self._call("POST", "/v1/endpoints", key, body)
         return str(endpoint["id"])
+
+    async def patch_endpoint(self, key: str, endpoint_id: str, changes: dict[str, Any]) -> None:
+        await self._call("PATCH", f"/v1/endpoints/{endpoint_id}", key, changes)
 
     async def metrics(self) -> dict[str, float]:
         """Every sample of ``GET /metrics``, keyed by name and labels as exposed."""
