@@ -19,10 +19,14 @@ from tidings.exceptions import Forbidden, Unauthorized
 KEY_CACHE_TTL_S = 30.0
 
 
-async def get_tidings(request: Request) -> Tidings:
-    # async on purpose: FastAPI runs a plain-def dependency in a thread pool.
+def tidings_of(request: Request) -> Tidings:
     app: Tidings = request.app.state.tidings
     return app
+
+
+async def get_tidings(request: Request) -> Tidings:
+    # async on purpose: FastAPI runs a plain-def dependency in a thread pool.
+    return tidings_of(request)
 
 
 App = Annotated[Tidings, Depends(get_tidings)]
@@ -53,7 +57,12 @@ class KeyCache:
         return tenant_id
 
 
-async def require_admin(request: Request, app: App) -> None:
+# The two guards take only the request: every sub-dependency costs FastAPI time
+# on each call, and these run on every request.
+
+
+async def require_admin(request: Request) -> None:
+    app = tidings_of(request)
     digest = sha256(_bearer(request))
     if hmac.compare_digest(digest, app.admin_token_hash):
         return
@@ -62,7 +71,8 @@ async def require_admin(request: Request, app: App) -> None:
     raise Unauthorized("the admin token is not valid")
 
 
-async def require_tenant(request: Request, app: App) -> str:
+async def require_tenant(request: Request) -> str:
+    app = tidings_of(request)
     digest = sha256(_bearer(request))
     tenant_id: str | None = await request.app.state.keys.tenant(app, digest)
     if tenant_id:

@@ -6,10 +6,10 @@ import hashlib
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AwareDatetime
 
-from tidings.api.auth import App, TenantId
+from tidings.api.auth import App, TenantId, tidings_of
 from tidings.api.schemas import (
     AcceptedOut,
     AttemptOut,
@@ -43,11 +43,12 @@ IdempotencyKey = Annotated[
 @router.post("/v1/messages", status_code=202, response_model=AcceptedOut)
 async def create_message(
     body: MessageIn,
+    request: Request,
     tenant_id: TenantId,
-    app: App,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Accept a message; the answer comes once it is committed to the store."""
+    app = tidings_of(request)
     payload = orjson.dumps(body.payload)
     request_hash = hashlib.sha256(body.event_type.encode() + b"\n" + payload).hexdigest()
     accepted = await app.accept(
