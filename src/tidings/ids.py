@@ -29,9 +29,3 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return f"{prefix}_{''.join(reversed(chars))}"
-
-
-def has_prefix(value: str, prefix: str) -> bool:
-    """Whether ``value`` looks like an id of the kind ``prefix``."""
-    head, sep, tail = value.partition("_")
-    return bool(sep) and head == prefix and len(tail) == 26

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Self, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -27,15 +27,8 @@ class DeliveryState(StrEnum):
 REPLAYABLE_STATES = (DeliveryState.DEAD, DeliveryState.HELD)
 
 
-class _Record:
-    """Mixin of the frozen records: ``evolve`` returns a changed copy."""
-
-    def evolve(self, **changes: Any) -> Self:
-        return replace(self, **changes)  # type: ignore[type-var]
-
-
 @dataclass(frozen=True, slots=True)
-class Tenant(_Record):
+class Tenant:
     id: str
     name: str
     owner_email: str
@@ -43,7 +36,7 @@ class Tenant(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class ApiKey(_Record):
+class ApiKey:
     id: str
     tenant_id: str
     prefix: str
@@ -52,7 +45,7 @@ class ApiKey(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint(_Record):
+class Endpoint:
     id: str
     tenant_id: str
     url: str
@@ -105,7 +98,7 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
-class Message(_Record):
+class Message:
     id: str
     tenant_id: str
     event_type: str
@@ -115,7 +108,7 @@ class Message(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery(_Record):
+class Delivery:
     id: str
     message_id: str
     tenant_id: str
@@ -132,7 +125,7 @@ class Delivery(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt(_Record):
+class Attempt:
     id: str
     delivery_id: str
     number: int

@@ -19,7 +19,6 @@ from tidings.delivery.policy import (
     Outcome,
     Verdict,
     decide,
-    first_attempt_at,
     is_expired,
     jittered,
     parse_retry_after,
@@ -358,12 +357,6 @@ def test_jitter_spreads_and_is_reproducible() -> None:
 def test_jitter_rejects_bad_delays(delay: float) -> None:
     with pytest.raises(ValueError, match="delay"):
         jittered(delay, random.Random(SEED))
-
-
-def test_first_attempt_goes_at_once_by_default() -> None:
-    assert first_attempt_at(T0, rng=random.Random(SEED)) == T0
-    later = first_attempt_at(T0, schedule=(60, 60), rng=random.Random(SEED))
-    assert _within_jitter(later - T0, 60)
 
 
 # --- validate_schedule -----------------------------------------------------------------

@@ -55,7 +55,6 @@ __all__ = [
     "Outcome",
     "Verdict",
     "decide",
-    "first_attempt_at",
     "is_expired",
     "jittered",
     "parse_retry_after",
@@ -199,15 +198,6 @@ def decide(
             Verdict.DEAD, reason=f"expired: older than {_human(retention)} after {last}"
         )
     return Decision(Verdict.RETRY, next_attempt_at=next_attempt_at)
-
-
-def first_attempt_at(
-    created_at: datetime, *, schedule: Sequence[float] = DEFAULT_SCHEDULE, rng: random.Random
-) -> datetime:
-    """When a message created at ``created_at`` gets its first attempt: ``schedule[0]`` later."""
-    if not schedule:
-        raise ValueError("the schedule is empty")
-    return created_at + timedelta(seconds=jittered(schedule[0], rng))
 
 
 def parse_retry_after(value: str, now: datetime) -> timedelta | None:
