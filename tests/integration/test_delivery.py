@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 
 from support import (
@@ -23,7 +24,9 @@ from support import (
     status,
     wait_for,
 )
+from tidings.api.app import create_api
 from tidings.app import Tidings
+from tidings.config import Settings
 
 FAST = [0, 0.1, 0.1, 0.1]
 
@@ -145,9 +148,26 @@ async def test_a_closed_connection_is_retried(
     assert delivery["attempt_log"][0]["error"]
 
 
+@pytest.fixture
+async def patient_client(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of a tidings whose attempts wait 30 s for an answer: no timeout
+    (and so no retry) can happen during a test, however slow the machine."""
+    app = Tidings(make_settings(request_timeout=timedelta(seconds=30), lease=timedelta(minutes=1)))
+    await app.start()
+    try:
+        transport = httpx.ASGITransport(app=create_api(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
+            yield http
+    finally:
+        await app.stop()
+
+
 async def test_a_hung_receiver_holds_only_its_own_slots(
-    client: httpx.AsyncClient, make_receiver: Callable[..., Any]
+    patient_client: httpx.AsyncClient, make_receiver: Callable[..., Any]
 ) -> None:
+    client = patient_client
     open_now = most_open = 0
 
     async def hang_counting(request: web.Request) -> web.StreamResponse:
