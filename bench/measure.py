@@ -116,6 +116,22 @@ def drain(points: list[Point], expected: float, released: float) -> Drain:
     )
 
 
+def per_second(points: list[Point], since: float, until_count: float) -> list[int]:
+    """Deliveries in each whole second after ``since``, until the counter reaches a value."""
+    series: list[int] = []
+    mark, last = since + 1.0, None
+    for p in points:
+        if p.t < since:
+            last = p.count
+            continue
+        if p.t >= mark and last is not None:
+            series.append(round(p.count - last))
+            last, mark = p.count, mark + 1.0
+        if p.count >= until_count:
+            break
+    return series
+
+
 # CPU ------------------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")

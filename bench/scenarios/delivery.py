@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import load
 from bench.context import Context
-from bench.measure import Poller, drain, rates
+from bench.measure import Poller, drain, per_second, rates
 from bench.results import Row
 from bench.server import DEAD, RETRIED, TidingsServer
 
@@ -69,12 +69,15 @@ async def backlog_drain(
     poller = Poller(server)
     cpu = ctx.cpu(server)
     polling = asyncio.create_task(poller.run(expected, within_s=60 + expected / 20))
-    await ctx.settle()  # also gives the poller a baseline sample or more
-    cpu.start()
-    released = time.monotonic()
-    for endpoint_id in endpoints:
-        await server.patch_endpoint(key, endpoint_id, {"rate_limit_per_s": None})
-    await polling
+    try:
+        await ctx.settle()  # also gives the poller a baseline sample or more
+        cpu.start()
+        released = time.monotonic()
+        for endpoint_id in endpoints:
+            await server.patch_endpoint(key, endpoint_id, {"rate_limit_per_s": None})
+        await polling
+    finally:
+        polling.cancel()
     used = cpu.stop()
     measured = drain(poller.points, expected, released)
     metrics = await server.metrics()
@@ -91,6 +94,7 @@ async def backlog_drain(
         "retried": metrics.get(RETRIED, 0.0),
         "dead": metrics.get(DEAD, 0.0),
         "cpu_pct_of_one_core": used,
+        "per_second": per_second(poller.points, released, expected),
     }
     return measured.rate, detail
 
@@ -106,8 +110,11 @@ async def while_ingesting(
     cpu.start()
     started = time.monotonic()
     polling = asyncio.create_task(poller.run(count, within_s=120 + count / 20))
-    stats = await _preload(ctx, server, key, event_type)
-    await polling
+    try:
+        stats = await _preload(ctx, server, key, event_type)
+        await polling
+    finally:
+        polling.cancel()
     used = cpu.stop()
     measured = rates(poller.points, count, started, stats.finished)
     detail = {
