@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,29 @@ async def tidings(settings: Settings) -> AsyncIterator[Tidings]:
 
 @pytest.fixture
 async def client(tidings: Tidings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_api(tidings))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
+    async with _client_of(tidings) as http:
         yield http
+
+
+@pytest.fixture
+async def make_client(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """The API of another tidings with other settings: ``await make_client(**overrides)``."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(**overrides: Any) -> httpx.AsyncClient:
+            app = Tidings(make_settings(**overrides))
+            await app.start()
+            stack.push_async_callback(app.stop)
+            return await stack.enter_async_context(_client_of(app))
+
+        yield make
+
+
+def _client_of(app: Tidings) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_api(app))
+    return httpx.AsyncClient(transport=transport, base_url="http://tidings")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ were, and no listing gains or loses a row.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +19,6 @@ import pytest
 
 from support import Receiver, admin, bearer, new_endpoint, new_tenant, send
 from tidings import ids
-from tidings.api.app import create_api
-from tidings.app import Tidings
-from tidings.config import Settings
 
 PROBLEM = "application/problem+json"
 LIMIT = 256 * 1024  # the default max_body_bytes
@@ -173,16 +170,11 @@ async def world(client: httpx.AsyncClient, receiver: Receiver) -> World:
 
 
 @pytest.fixture
-async def strict_client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+async def strict_client(
+    make_client: Callable[..., Awaitable[httpx.AsyncClient]],
+) -> httpx.AsyncClient:
     """The API of a tidings whose address allow-list is empty (production defaults)."""
-    app = Tidings(make_settings(allow_networks=()))
-    await app.start()
-    try:
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
-            yield http
-    finally:
-        await app.stop()
+    return await make_client(allow_networks=())
 
 
 MESSAGES = "/v1/messages"

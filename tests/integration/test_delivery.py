@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,9 +24,7 @@ from support import (
     status,
     wait_for,
 )
-from tidings.api.app import create_api
 from tidings.app import Tidings
-from tidings.config import Settings
 
 FAST = [0, 0.1, 0.1, 0.1]
 
@@ -150,18 +148,11 @@ async def test_a_closed_connection_is_retried(
 
 @pytest.fixture
 async def patient_client(
-    make_settings: Callable[..., Settings],
-) -> AsyncIterator[httpx.AsyncClient]:
+    make_client: Callable[..., Awaitable[httpx.AsyncClient]],
+) -> httpx.AsyncClient:
     """The API of a tidings whose attempts wait 30 s for an answer: no timeout
     (and so no retry) can happen during a test, however slow the machine."""
-    app = Tidings(make_settings(request_timeout=timedelta(seconds=30), lease=timedelta(minutes=1)))
-    await app.start()
-    try:
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
-            yield http
-    finally:
-        await app.stop()
+    return await make_client(request_timeout=timedelta(seconds=30), lease=timedelta(minutes=1))
 
 
 async def test_a_hung_receiver_holds_only_its_own_slots(
