@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +31,13 @@ class Poller:
     metric: str = SUCCEEDED
     points: list[Point] = field(default_factory=list)
 
+    _first: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def sampled(self, within_s: float = 5.0) -> None:
+        """Wait until the poller has at least one sample (a baseline)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first.wait(), within_s)
+
     async def run(self, target: float, within_s: float) -> bool:
         """Poll until the counter reaches ``target``; False if ``within_s`` ran out first."""
         deadline = time.monotonic() + within_s
@@ -39,6 +47,7 @@ class Poller:
             except (aiohttp.ClientError, OSError):
                 value = self.points[-1].count if self.points else 0.0
             self.points.append(Point(time.monotonic(), value))
+            self._first.set()
             if value >= target:
                 return True
             await asyncio.sleep(POLL_S)

@@ -70,7 +70,8 @@ async def backlog_drain(
     cpu = ctx.cpu(server)
     polling = asyncio.create_task(poller.run(expected, within_s=60 + expected / 20))
     try:
-        await ctx.settle()  # also gives the poller a baseline sample or more
+        await ctx.settle()
+        await poller.sampled()  # a baseline before the release
         cpu.start()
         released = time.monotonic()
         for endpoint_id in endpoints:
