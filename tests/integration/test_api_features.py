@@ -718,8 +718,11 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
     }
     for path, methods in expected.items():
         assert routes.get(path) == methods, (path, routes.get(path))
-    parameters = document["paths"]["/v1/messages"]["post"]["parameters"]
-    assert "Idempotency-Key" in {p["name"] for p in parameters if p["in"] == "header"}
+    ingest = document["paths"]["/v1/messages"]["post"]
+    assert "Idempotency-Key" in {p["name"] for p in ingest["parameters"] if p["in"] == "header"}
+    body = ingest["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["event_type", "payload"]
+    assert "$ref" not in str(body)  # self-contained: nothing points at a missing definition
 
 
 async def test_a_tenant_api_key_is_shown_only_once(client: httpx.AsyncClient) -> None:

@@ -26,7 +26,7 @@ def create_api(tidings: Tidings) -> FastAPI:
     api.add_middleware(problems.BodyLimit, max_bytes=tidings.settings.max_body_bytes)
     # The ingest route is served by Starlette directly, ahead of FastAPI's routing
     # (which costs more per request than the rest of ingest); FastAPI's route of
-    # the same path stays for the OpenAPI document and its validation rules.
+    # the same path, with the same handler, stays for the OpenAPI document.
     api.router.routes.insert(
         0, Route("/v1/messages", messages.create_message, methods=["POST"], name="ingest")
     )

@@ -27,29 +27,38 @@ from tidings.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySele
 
 router = APIRouter(tags=["messages"])
 
-_KEY_RULES = {"min_length": 1, "max_length": 200, "pattern": r"^[\x21-\x7e]+$"}
-_IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(Annotated[str, StringConstraints(**_KEY_RULES)])
+_KEY_RULES: dict[str, Any] = {"minLength": 1, "maxLength": 200, "pattern": r"^[\x21-\x7e]+$"}
+_IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
+    Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_KEY_RULES["pattern"])]
+)
 _MESSAGE_IN: TypeAdapter[MessageIn] = TypeAdapter(MessageIn)
+
 
 # POST /v1/messages is the hot path, so its handler takes the bare request and
 # parses and validates the body in one pass (pydantic from the raw bytes):
 # FastAPI's per-request dependency and body machinery cost more than the rest
 # of ingest together. Its contract is documented here instead.
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its ``$defs`` written in place: the document has no ``$defs``."""
+    defs = schema.pop("$defs", {})
+    for name, prop in schema["properties"].items():
+        ref = prop.pop("$ref", None)
+        if ref:
+            schema["properties"][name] = {**defs[ref.rsplit("/", 1)[-1]], **prop}
+    return schema
+
+
 _INGEST_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {
-                "schema": MessageIn.model_json_schema(ref_template="#/components/schemas/{model}")
-            }
-        },
+        "content": {"application/json": {"schema": _inlined(MessageIn.model_json_schema())}},
     },
     "parameters": [
         {
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "schema": {"type": "string", **_KEY_RULES},
             "description": "Resending with the same key and body returns the first answer; "
             "the same key with another body is a 409. Keys are kept for "
             "TIDINGS_IDEMPOTENCY_TTL (24 h by default).",
