@@ -575,8 +575,11 @@ async def test_times_are_utc_with_z_and_ids_carry_their_prefixes(
     accepted = await send(client, key)
 
     async def settled() -> bool:
-        states = {d["endpoint_id"]: d["state"] for d in await all_deliveries(client, key)}
-        return states == {good["id"]: "succeeded", retrying["id"]: "pending"}
+        # The failing endpoint has made its attempt and waits for the retry ~1 h ahead.
+        states = {
+            d["endpoint_id"]: (d["state"], d["attempts"]) for d in await all_deliveries(client, key)
+        }
+        return states == {good["id"]: ("succeeded", 1), retrying["id"]: ("pending", 1)}
 
     await wait_for(settled)
     message = await get_json(client, f"{MESSAGES}/{accepted['id']}", key)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from support import an_endpoint
 from tidings import ids
 from tidings.exceptions import Conflict, StoreError, StoreUnavailable
 from tidings.models import (
@@ -19,8 +20,6 @@ from tidings.models import (
     Claimed,
     DeliveryFilter,
     DeliveryState,
-    Endpoint,
-    EndpointState,
     NewMessage,
     ReplaySelector,
     Tenant,
@@ -47,23 +46,7 @@ async def _tenant(store: Store) -> str:
 
 
 async def _endpoint(store: Store, tenant_id: str, event_types: tuple[str, ...] = ()) -> str:
-    endpoint = Endpoint(
-        id=ids.new_id(ids.ENDPOINT),
-        tenant_id=tenant_id,
-        url="http://127.0.0.1:9/hook",
-        description="",
-        event_types=event_types,
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        previous_secret=None,
-        previous_secret_expires_at=None,
-        max_in_flight=10,
-        rate_limit_per_s=None,
-        retry_schedule=None,
-        state=EndpointState.ACTIVE,
-        disabled_reason=None,
-        created_at=NOW,
-        updated_at=NOW,
-    )
+    endpoint = an_endpoint(tenant_id=tenant_id, event_types=event_types, now=NOW)
     await store.create_endpoint(endpoint)
     return endpoint.id
 

@@ -5,29 +5,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from support import an_endpoint
 from tidings.channels.signing import new_secret, signature_headers
-from tidings.models import Endpoint, EndpointState
+from tidings.models import Endpoint
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def _endpoint(previous: str | None, expires: datetime | None) -> Endpoint:
-    return Endpoint(
-        id="ep_1",
-        tenant_id="tnt_1",
+    return an_endpoint(
         url="https://example.com/hook",
-        description="",
-        event_types=(),
-        secret=new_secret(),
         previous_secret=previous,
         previous_secret_expires_at=expires,
-        max_in_flight=10,
-        rate_limit_per_s=None,
-        retry_schedule=None,
-        state=EndpointState.ACTIVE,
-        disabled_reason=None,
-        created_at=NOW,
-        updated_at=NOW,
+        now=NOW,
     )
 
 

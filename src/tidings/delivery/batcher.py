@@ -56,26 +56,19 @@ class Batcher(Generic[I, O]):
             await self._flush_batch(batch)
 
     async def _flush_batch(self, batch: list[tuple[I, asyncio.Future[O]]]) -> None:
+        # A future already done is a caller that went away (cancelled); the work
+        # is done all the same.
         try:
             answers = await self._flush([item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0][1], error=exc)
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
                 return
             log.warning("batch_failed_retrying_singly", batcher=self.name, size=len(batch))
             for one in batch:
                 await self._flush_batch([one])
             return
         for (_, future), answer in zip(batch, answers, strict=True):
-            _settle(future, answer=answer)
-
-
-def _settle(
-    future: asyncio.Future[O], *, answer: O | None = None, error: BaseException | None = None
-) -> None:
-    if future.done():  # the caller went away (cancelled); the work is done all the same
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(answer)  # type: ignore[arg-type]
+            if not future.done():
+                future.set_result(answer)

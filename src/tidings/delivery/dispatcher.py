@@ -71,6 +71,7 @@ class Dispatcher:
         self._endpoints: dict[str, Endpoint] = {}
         self._endpoints_read_at = -1e9
         self._in_flight: Counter[str] = Counter()
+        self._in_flight_total = 0  # the sum of _in_flight, kept rather than summed per start
         self._ready: dict[str, deque[Claimed]] = defaultdict(deque)
         self._buckets: dict[str, TokenBucket] = {}
         self._throttled: set[str] = set()
@@ -87,10 +88,6 @@ class Dispatcher:
     def endpoints_changed(self) -> None:
         self._endpoints_read_at = -1e9
         self.wake()
-
-    @property
-    def in_flight(self) -> int:
-        return sum(self._in_flight.values())
 
     # the loop ------------------------------------------------------------------------
 
@@ -140,7 +137,7 @@ class Dispatcher:
         and claims come in batches. It claims again when its ready queue is half
         empty; a rate-limited endpoint claims no more than its tokens allow.
         """
-        held = self.in_flight + sum(len(q) for q in self._ready.values())
+        held = self._in_flight_total + sum(len(q) for q in self._ready.values())
         free_total = 2 * self._settings.max_in_flight - held
         endpoint_ids = list(self._endpoints)
         if not endpoint_ids or free_total <= 0:
@@ -174,7 +171,7 @@ class Dispatcher:
         # ends could send it a second time: older ones are left to lapse.
         fresh_until = self._clock.now() + self._settings.request_timeout
         while queue and self._in_flight[endpoint_id] < endpoint.max_in_flight:
-            if self.in_flight >= self._settings.max_in_flight:
+            if self._in_flight_total >= self._settings.max_in_flight:
                 return
             if bucket and bucket.available(tick) < 1:
                 self._throttled.add(endpoint_id)
@@ -185,6 +182,7 @@ class Dispatcher:
             if bucket:
                 bucket.take(1, tick)
             self._in_flight[endpoint_id] += 1
+            self._in_flight_total += 1
             task = asyncio.create_task(self._deliver(job), name=f"deliver {job.delivery_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -243,6 +241,7 @@ class Dispatcher:
             log.exception("delivery_failed_unrecorded", delivery_id=job.delivery_id)
         finally:
             self._in_flight[job.endpoint_id] -= 1
+            self._in_flight_total -= 1
             self._start(job.endpoint_id)
             self.wake()
 
