@@ -15,6 +15,9 @@ and a stopping one hands back those it has not started.
 
 The dispatcher sleeps until it is woken (new work, a freed slot, an endpoint
 change) or until the next retry or lease falls due; there is no polling delay.
+It reads that time from the store only when it does not know it: its own
+writes (a retry scheduled, a lease left to lapse) only move it earlier, and
+work that is due at once (new messages, replays) wakes it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
+from datetime import datetime
 
 import structlog
 
@@ -77,6 +81,9 @@ class Dispatcher:
         self._throttled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rotation = itertools.count()
+        # The earliest future time a retry falls due or a lease runs out, when known.
+        self._due: datetime | None = None
+        self._due_known = False
         self.results: Batcher[AttemptResult, None] = Batcher("results", self._write_results)
 
     # signals -------------------------------------------------------------------------
@@ -178,6 +185,7 @@ class Dispatcher:
                 return
             job = queue.popleft()
             if job.lease_until < fresh_until:
+                self._expect(job.lease_until)
                 continue
             if bucket:
                 bucket.take(1, tick)
@@ -209,6 +217,11 @@ class Dispatcher:
             self._start(endpoint_id)
         return len(claimed)
 
+    def _expect(self, when: datetime | None) -> None:
+        """Something falls due at ``when``: wake up by then."""
+        if when is not None and self._due_known and (self._due is None or when < self._due):
+            self._due = when
+
     async def _sleep(self) -> None:
         now = self._clock.now()
         timeout = IDLE_WAKEUP_S
@@ -217,7 +230,10 @@ class Dispatcher:
             timeout = min(self._buckets[e].wait(tick) for e in self._throttled)
             for endpoint_id in list(self._throttled):
                 self._start(endpoint_id)
-        due = await self._store.next_wakeup(now)
+        if not self._due_known:
+            self._due = await self._store.next_wakeup(now)
+            self._due_known = True
+        due = self._due
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
         try:
@@ -226,6 +242,9 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self._wakeup.wait()
         except TimeoutError:
+            # Due, or idle for a while: read the time from the store again (the
+            # safety net against anything this process did not see).
+            self._due_known = False
             if due is not None and due <= self._clock.now():
                 await self._store.reclaim_expired_leases(self._clock.now())
 
@@ -239,6 +258,7 @@ class Dispatcher:
         except Exception:
             # The lease runs out and the delivery is claimed again: nothing is lost.
             log.exception("delivery_failed_unrecorded", delivery_id=job.delivery_id)
+            self._expect(job.lease_until)
         finally:
             self._in_flight[job.endpoint_id] -= 1
             self._in_flight_total -= 1
@@ -287,6 +307,8 @@ class Dispatcher:
 
     async def _write_results(self, results: Sequence[AttemptResult]) -> list[None]:
         ended = await self._store.record_results(results, self._clock.now())
+        for result in results:
+            self._expect(result.next_attempt_at)
         if ended:
             self._metrics.ended("disabled", ended)
         gone = {r.endpoint_id for r in results if r.disable_endpoint}

@@ -29,6 +29,16 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 
+def to_micros(value: datetime | None) -> int | None:
+    """A datetime as stored: microseconds since the epoch."""
+    return None if value is None else (value - EPOCH) // _MICRO
+
+
+def from_micros(value: Any) -> datetime | None:
+    """A stored time back as a timezone-aware UTC datetime."""
+    return None if value is None else EPOCH + int(value) * _MICRO
+
+
 class Timestamp(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime stored as microseconds since the epoch."""
 
@@ -36,14 +46,10 @@ class Timestamp(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
-        if value is None:
-            return None
-        return (value - EPOCH) // _MICRO
+        return to_micros(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return EPOCH + int(value) * _MICRO
+        return from_micros(value)
 
 
 metadata = MetaData()

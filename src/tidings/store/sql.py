@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from functools import lru_cache, partial
+from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -29,7 +30,6 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
-    union_all,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -71,89 +71,23 @@ from tidings.store.schema import (
 _d = deliveries
 T = TypeVar("T")
 _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
-_CLAIM_CHUNK = 100  # per-endpoint subqueries per statement
+GONE = "the endpoint answered 410 Gone"
 DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
 DELETED = "deleted: the endpoint was deleted"
 
 
-# Statements on the hot paths are built once; only their parameters change.
-
-
-@lru_cache(maxsize=_CLAIM_CHUNK)
-def _claim_select(endpoint_count: int) -> Any:
-    """Up to ``n<i>`` due pending deliveries of each endpoint ``ep<i>``, oldest due first,
-    with what sending them needs."""
-    now = bindparam("now", type_=_d.c.next_attempt_at.type)
-    picks = [
-        select(_d.c.id)
-        .where(
-            _d.c.endpoint_id == bindparam(f"ep{i}"),
-            _d.c.state == DeliveryState.PENDING,
-            _d.c.next_attempt_at <= now,
-        )
-        .order_by(_d.c.next_attempt_at)
-        .limit(bindparam(f"n{i}"))
-        .subquery()
-        for i in range(endpoint_count)
-    ]
-    chosen = union_all(*(select(pick.c.id) for pick in picks)).subquery()
-    return (
-        select(
-            _d.c.id,
-            _d.c.message_id,
-            _d.c.endpoint_id,
-            _d.c.attempts,
-            _d.c.retry_base,
-            _d.c.created_at,
-            messages.c.event_type,
-            messages.c.payload,
-            messages.c.created_at.label("message_created_at"),
-        )
-        .join(messages, messages.c.id == _d.c.message_id)
-        .where(_d.c.id.in_(select(chosen.c.id)))
-    )
-
-
-_CLAIM_UPDATE = (
-    update(_d)
-    .where(_d.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        state=DeliveryState.IN_FLIGHT,
-        lease_expires_at=bindparam("lease", type_=_d.c.lease_expires_at.type),
-        updated_at=bindparam("now", type_=_d.c.updated_at.type),
-    )
-)
-
-# The delivery is still in flight under the lease it was claimed with: a write
-# from a claim whose lease ran out (and was perhaps claimed again) changes nothing.
-_STILL_CLAIMED = (
-    _d.c.id == bindparam("b_id"),
-    _d.c.state == DeliveryState.IN_FLIGHT,
-    _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
-)
-
+# Only a delivery still in flight under the lease it was claimed with goes back:
+# one whose lease ran out (and was perhaps claimed again) is left alone.
 _RELEASE = (
     update(_d)
-    .where(*_STILL_CLAIMED)
+    .where(
+        _d.c.id == bindparam("b_id"),
+        _d.c.state == DeliveryState.IN_FLIGHT,
+        _d.c.lease_expires_at == bindparam("b_lease", type_=_d.c.lease_expires_at.type),
+    )
     .values(
         state=DeliveryState.PENDING,
         lease_expires_at=None,
-        updated_at=bindparam("b_now", type_=_d.c.updated_at.type),
-    )
-)
-
-_RESULT_UPDATE = (
-    update(_d)
-    .where(*_STILL_CLAIMED)  # a late result is kept as an attempt, nothing more
-    .values(
-        state=bindparam("b_state"),
-        attempts=_d.c.attempts + 1,
-        next_attempt_at=bindparam("b_next", type_=_d.c.next_attempt_at.type),
-        lease_expires_at=None,
-        last_status=bindparam("b_status"),
-        last_error=bindparam("b_error"),
-        dead_reason=bindparam("b_reason"),
-        succeeded_at=bindparam("b_succeeded", type_=_d.c.succeeded_at.type),
         updated_at=bindparam("b_now", type_=_d.c.updated_at.type),
     )
 )
@@ -463,50 +397,16 @@ class SqlStore(Store):
             _end_orphans(conn, now)
         return int(result.rowcount)
 
+    # The engine's hot paths, claim and result write-back, run once per few
+    # deliveries: each backend writes them with its own driver (see SqliteStore).
+
+    @abstractmethod
     def _claim_tx(
         self, slots: Mapping[str, int], now: datetime, lease_until: datetime
-    ) -> list[Claimed]:
-        wanted = [(endpoint_id, n) for endpoint_id, n in slots.items() if n > 0]
-        claimed: list[Claimed] = []
-        with self._write(durable=False) as conn:
-            for start in range(0, len(wanted), _CLAIM_CHUNK):
-                chunk = wanted[start : start + _CLAIM_CHUNK]
-                claimed.extend(self._claim_chunk(conn, chunk, now, lease_until))
-        return claimed
+    ) -> list[Claimed]: ...
 
-    def _claim_chunk(
-        self,
-        conn: Connection,
-        chunk: Sequence[tuple[str, int]],
-        now: datetime,
-        lease_until: datetime,
-    ) -> list[Claimed]:
-        params: dict[str, Any] = {"now": now}
-        for i, (endpoint_id, n) in enumerate(chunk):
-            params[f"ep{i}"] = endpoint_id
-            params[f"n{i}"] = n
-        rows = conn.execute(_claim_select(len(chunk)), params).all()
-        if not rows:
-            return []
-        conn.execute(
-            _CLAIM_UPDATE,
-            {"ids": [row.id for row in rows], "lease": lease_until, "now": now},
-        )
-        return [
-            Claimed(
-                delivery_id=row.id,
-                message_id=row.message_id,
-                endpoint_id=row.endpoint_id,
-                event_type=row.event_type,
-                payload=row.payload,
-                attempts=row.attempts,
-                retry_base=row.retry_base,
-                created_at=row.created_at,
-                message_created_at=row.message_created_at,
-                lease_until=lease_until,
-            )
-            for row in rows
-        ]
+    @abstractmethod
+    def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int: ...
 
     def _next_wakeup_tx(self, now: datetime) -> datetime | None:
         due = select(func.min(_d.c.next_attempt_at)).where(
@@ -517,50 +417,6 @@ class SqlStore(Store):
             times = [conn.scalar(due), conn.scalar(lease)]
         known = [t for t in times if t is not None]
         return min(known) if known else None
-
-    def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int:
-        if not results:
-            return 0
-        with self._write(durable=False) as conn:
-            conn.execute(insert(attempts), [_fields(r.attempt) for r in results])
-            conn.execute(
-                _RESULT_UPDATE,
-                [
-                    {
-                        "b_id": r.delivery_id,
-                        "b_lease": r.lease_until,
-                        "b_state": r.state,
-                        "b_next": r.next_attempt_at,
-                        "b_status": r.attempt.status_code,
-                        "b_error": r.attempt.error,
-                        "b_reason": r.dead_reason,
-                        "b_succeeded": now if r.state is DeliveryState.SUCCEEDED else None,
-                        "b_now": now,
-                    }
-                    for r in results
-                ],
-            )
-            gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
-            if gone:
-                conn.execute(
-                    update(endpoints)
-                    .where(endpoints.c.id.in_(gone), endpoints.c.state == EndpointState.ACTIVE)
-                    .values(
-                        state=EndpointState.DISABLED,
-                        disabled_reason="the endpoint answered 410 Gone",
-                        updated_at=now,
-                    )
-                )
-            # Retries of an endpoint disabled meanwhile (by a 410 here or earlier)
-            # would wait for ever: they end now.
-            waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
-            if not gone and not waiting:
-                return 0
-            disabled = select(endpoints.c.id).where(
-                endpoints.c.id.in_(waiting.union(gone)),
-                endpoints.c.state == EndpointState.DISABLED,
-            )
-            return _kill_waiting(conn, disabled, DISABLED, now)
 
     def _queue_depth_tx(self) -> dict[DeliveryState, int]:
         with self._read() as conn:
