@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.measure import CpuMeter, machine_busy
+from bench.measure import CpuMeter, children, machine_busy
 from bench.options import PROJECT_DIR, Options
 from bench.receivers import Nginx
 from bench.results import Results
@@ -67,7 +67,13 @@ class Context:
             self.results.note(f"waited {waited:.0f}s for a quiet machine")
 
     def cpu(self, server: TidingsServer) -> CpuMeter:
-        return CpuMeter({"tidings": lambda: [server.pid], "nginx": lambda: self.nginx.pids})
+        return CpuMeter(
+            {
+                "tidings": lambda: [server.pid],
+                "senders": lambda: children(server.pid),
+                "nginx": lambda: self.nginx.pids,
+            }
+        )
 
     async def _profile(self, server: TidingsServer, name: str) -> asyncio.subprocess.Process | None:
         if not self.options.profile:

@@ -163,6 +163,15 @@ def _machine() -> tuple[float, float]:
 
 
 @dataclass
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (tidings' sender processes)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in task.read_text().split()]
+    return found
+
+
 class CpuMeter:
     """CPU used by named groups of processes over a window, as % of one core."""
 

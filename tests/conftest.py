@@ -31,6 +31,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "request_timeout": timedelta(seconds=2),
             "lease": timedelta(seconds=5),
             "log_level": "warning",
+            "senders": 0,  # in-process: tests/integration/test_senders.py runs the processes
         }
         values.update(overrides)
         return Settings.model_validate(values)

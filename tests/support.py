@@ -207,3 +207,25 @@ async def delivery_states(client: httpx.AsyncClient, key: str, message_id: str) 
     response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
     assert response.status_code == 200, response.text
     return [d["state"] for d in response.json()["deliveries"]]
+
+
+async def message_of(client: httpx.AsyncClient, key: str, message_id: str) -> dict[str, Any]:
+    """``GET /v1/messages/{message_id}``, which must succeed."""
+    response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def settled(
+    client: httpx.AsyncClient, key: str, message_id: str, state: str
+) -> dict[str, Any]:
+    """Wait until the message's only delivery is in ``state``; return that delivery."""
+    found: dict[str, Any] = {}
+
+    async def check() -> bool:
+        found.update((await message_of(client, key, message_id))["deliveries"][0])
+        return bool(found["state"] == state)
+
+    await wait_for(check)
+    return found

@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
+from tidings.channels.senders import SenderConfig, SenderPool
 from tidings.channels.ssrf import SsrfGuard
-from tidings.channels.webhook import WebhookChannel
+from tidings.channels.webhook import Channel, WebhookChannel
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
@@ -55,12 +56,19 @@ class Tidings:
         self.store = store or open_store(settings.database_url)
         self.metrics = Metrics()
         self.guard = SsrfGuard(allow=settings.allow_networks)
-        self.channel = WebhookChannel(
-            self.guard,
-            connect_timeout=settings.connect_timeout,
-            request_timeout=settings.request_timeout,
-            max_connections=settings.max_in_flight,
-        )
+        self.senders: SenderPool | None = None
+        self.channel: Channel
+        if settings.sender_count:
+            self.channel = self.senders = SenderPool(
+                settings.sender_count, _sender_config(settings)
+            )
+        else:
+            self.channel = WebhookChannel(
+                self.guard,
+                connect_timeout=settings.connect_timeout,
+                request_timeout=settings.request_timeout,
+                max_connections=settings.max_in_flight,
+            )
         self.dispatcher = Dispatcher(
             self.store, self.channel, settings, self.metrics, self.clock, rng
         )
@@ -75,6 +83,8 @@ class Tidings:
         await self._ensure_admin_token()
         await self.channel.open()
         await self.store.reclaim_expired_leases(self.clock.now())
+        if self.senders is not None:
+            self._supervise("senders", self.senders.run)
         self._supervise("ingest", self.ingest.run)
         self._supervise("results", self.dispatcher.results.run)
         self._supervise("dispatcher", self.dispatcher.run)
@@ -150,6 +160,17 @@ class Tidings:
                 raise
 
         self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+
+def _sender_config(settings: Settings) -> SenderConfig:
+    return SenderConfig(
+        connect_timeout_s=settings.connect_timeout.total_seconds(),
+        request_timeout_s=settings.request_timeout.total_seconds(),
+        max_connections=settings.max_in_flight,
+        allow_networks=tuple(str(net) for net in settings.allow_networks),
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
 
 
 __all__ = ["Tidings"]

@@ -8,6 +8,7 @@ read once at start into a frozen :class:`Settings`. Durations accept seconds
 from __future__ import annotations
 
 import ipaddress
+import os
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -50,12 +51,22 @@ class Settings(BaseSettings):
     connect_timeout: Duration = timedelta(seconds=5)
     request_timeout: Duration = timedelta(seconds=15)
     max_in_flight: int = Field(default=256, ge=1)
+    # Processes that make the HTTP requests, beside the one that owns the store;
+    # 0 sends from the main process. Unset: one fewer than the CPUs, at most 4.
+    senders: int | None = Field(default=None, ge=0, le=32)
     endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
     lease: Duration = timedelta(seconds=60)
     retention: Duration = timedelta(days=3)
     retry_after_max: Duration = timedelta(hours=1)
     secret_grace: Duration = timedelta(hours=24)
     idempotency_ttl: Duration = timedelta(hours=24)
+
+    @property
+    def sender_count(self) -> int:
+        """How many sender processes to run (``senders``, or one fewer than the CPUs)."""
+        if self.senders is not None:
+            return self.senders
+        return min(max((os.cpu_count() or 1) - 1, 0), 4)
 
     @field_validator("allow_networks", mode="before")
     @classmethod

@@ -16,38 +16,19 @@ from support import (
     bearer,
     close_connection,
     hang,
+    message_of,
     new_endpoint,
     new_tenant,
     ok,
     send,
     sequence,
+    settled,
     status,
     wait_for,
 )
 from tidings.app import Tidings
 
 FAST = [0, 0.1, 0.1, 0.1]
-
-
-async def _message(client: httpx.AsyncClient, key: str, message_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _settled(
-    client: httpx.AsyncClient, key: str, message_id: str, state: str
-) -> dict[str, Any]:
-    """Wait until the message's only delivery is in ``state``; return that delivery."""
-    found: dict[str, Any] = {}
-
-    async def check() -> bool:
-        found.update((await _message(client, key, message_id))["deliveries"][0])
-        return bool(found["state"] == state)
-
-    await wait_for(check)
-    return found
 
 
 async def test_a_failure_is_retried_until_it_succeeds_with_the_same_webhook_id(
@@ -59,7 +40,7 @@ async def test_a_failure_is_retried_until_it_succeeds_with_the_same_webhook_id(
     receiver.secret = endpoint["secret"]
 
     message = await send(client, key)
-    delivery = await _settled(client, key, message["id"], "succeeded")
+    delivery = await settled(client, key, message["id"], "succeeded")
 
     assert delivery["attempts"] == 3
     assert [a["status_code"] for a in delivery["attempt_log"]] == [503, 500, 204]
@@ -75,7 +56,7 @@ async def test_retries_stop_when_the_schedule_is_exhausted(
     await new_endpoint(client, key, receiver.url, retry_schedule=[0, 0.05])
 
     message = await send(client, key)
-    delivery = await _settled(client, key, message["id"], "dead")
+    delivery = await settled(client, key, message["id"], "dead")
 
     assert delivery["dead_reason"] == "exhausted: 2 attempts, last: HTTP 500"
     assert delivery["attempt_log"][0]["response_excerpt"] == "database is down"
@@ -90,7 +71,7 @@ async def test_retry_after_replaces_the_scheduled_delay(
     await new_endpoint(client, key, receiver.url, retry_schedule=[0, 3600])
 
     message = await send(client, key)
-    await _settled(client, key, message["id"], "succeeded")
+    await settled(client, key, message["id"], "succeeded")
 
     first, second = receiver.received
     assert 0.9 <= second.at - first.at < 3.0  # one second, not the scheduled hour
@@ -105,8 +86,8 @@ async def test_410_gone_disables_the_endpoint_and_ends_its_waiting_deliveries(
 
     first = await send(client, key)
     second = await send(client, key)
-    gone = await _settled(client, key, first["id"], "dead")
-    waiting = await _settled(client, key, second["id"], "dead")
+    gone = await settled(client, key, first["id"], "dead")
+    waiting = await settled(client, key, second["id"], "dead")
 
     assert gone["dead_reason"] == "gone: endpoint answered 410"
     assert waiting["dead_reason"].startswith("disabled: ")
@@ -126,7 +107,7 @@ async def test_redirects_are_not_followed(
     await new_endpoint(client, key, source.url, retry_schedule=[0])
 
     message = await send(client, key)
-    delivery = await _settled(client, key, message["id"], "dead")
+    delivery = await settled(client, key, message["id"], "dead")
 
     assert delivery["last_status"] == 307
     assert target.received == []
@@ -140,7 +121,7 @@ async def test_a_closed_connection_is_retried(
     await new_endpoint(client, key, receiver.url, retry_schedule=FAST)
 
     message = await send(client, key)
-    delivery = await _settled(client, key, message["id"], "succeeded")
+    delivery = await settled(client, key, message["id"], "succeeded")
 
     assert delivery["attempt_log"][0]["status_code"] is None
     assert delivery["attempt_log"][0]["error"]
@@ -215,7 +196,7 @@ async def test_a_delivery_to_a_refused_address_dies_without_a_connection(
     tidings.guard.__init__(allow=())  # type: ignore[misc]  # the operator narrowed the list
 
     message = await send(client, key)
-    delivery = await _settled(client, key, message["id"], "dead")
+    delivery = await settled(client, key, message["id"], "dead")
 
     assert delivery["dead_reason"].startswith("blocked: ")
     assert "loopback" in delivery["dead_reason"]
@@ -243,14 +224,14 @@ async def test_a_replayed_delivery_keeps_its_attempt_history(
     _, key = await new_tenant(client)
     await new_endpoint(client, key, receiver.url, retry_schedule=[0, 0.05])
     message = await send(client, key)
-    dead = await _settled(client, key, message["id"], "dead")
+    dead = await settled(client, key, message["id"], "dead")
 
     receiver.behaviour = ok
     response = await client.post(
         "/v1/deliveries/replay", json={"ids": [dead["id"]]}, headers=bearer(key)
     )
     assert response.json() == {"replayed": 1}
-    delivery = await _settled(client, key, message["id"], "succeeded")
+    delivery = await settled(client, key, message["id"], "succeeded")
 
     assert delivery["attempts"] == 3
     assert [a["number"] for a in delivery["attempt_log"]] == [1, 2, 3]
@@ -267,7 +248,7 @@ async def test_the_first_entry_of_a_schedule_delays_the_first_attempt(
     await asyncio.sleep(0.3)
 
     assert receiver.received == []
-    [delivery] = (await _message(client, key, message["id"]))["deliveries"]
+    [delivery] = (await message_of(client, key, message["id"]))["deliveries"]
     assert delivery["state"] == "pending"
     delay = datetime.fromisoformat(delivery["next_attempt_at"]) - datetime.fromisoformat(
         delivery["created_at"]

@@ -13,6 +13,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -37,6 +39,22 @@ class Sent:
     excerpt: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """One attempt to make: where to, signed with which secrets, and the body."""
+
+    url: str
+    secrets: tuple[str, ...]
+    message_id: str
+    body: str
+
+    @classmethod
+    def of(cls, endpoint: Endpoint, claimed: Claimed, now: datetime) -> WebhookRequest:
+        return cls(
+            endpoint.url, endpoint.signing_secrets(now), claimed.message_id, webhook_body(claimed)
+        )
+
+
 def webhook_body(claimed: Claimed) -> str:
     """The JSON body of a message: the Standard Webhooks envelope around the payload."""
     return orjson.dumps(
@@ -47,6 +65,22 @@ def webhook_body(claimed: Claimed) -> str:
         },
         option=orjson.OPT_UTC_Z,
     ).decode()
+
+
+@lru_cache(maxsize=4096)
+def _host(url: str) -> str:
+    return URL(url).host or ""
+
+
+class Channel(Protocol):
+    """What the dispatcher sends through: this process's :class:`WebhookChannel`,
+    or a :class:`~tidings.channels.senders.SenderPool` of sender processes."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, request: WebhookRequest, now: datetime) -> Sent: ...
 
 
 class WebhookChannel:
@@ -85,16 +119,16 @@ class WebhookChannel:
             await self._session.close()
             self._session = None
 
-    async def send(self, endpoint: Endpoint, claimed: Claimed, now: datetime) -> Sent:
-        """Make one attempt; never raises for anything the receiver or network did."""
+    async def send(self, request: WebhookRequest, now: datetime) -> Sent:
+        """Make one attempt, signed as of ``now``; never raises for anything the
+        receiver or network did."""
         assert self._session is not None, "WebhookChannel.open() was not awaited"
-        body = webhook_body(claimed)
-        headers = signature_headers(endpoint.signing_secrets(now), claimed.message_id, now, body)
+        headers = signature_headers(request.secrets, request.message_id, now, request.body)
         started = time.perf_counter()
         try:
-            self._guard.check_destination(URL(endpoint.url).host or "")
+            self._guard.check_destination(_host(request.url))
             async with self._session.post(
-                endpoint.url, data=body, headers=headers, allow_redirects=False
+                request.url, data=request.body, headers=headers, allow_redirects=False
             ) as response:
                 excerpt = await response.content.read(EXCERPT_BYTES)
                 outcome = Outcome(

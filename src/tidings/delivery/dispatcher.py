@@ -32,7 +32,7 @@ from datetime import datetime
 
 import structlog
 
-from tidings.channels.webhook import WebhookChannel
+from tidings.channels.webhook import Channel, WebhookRequest
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
@@ -59,7 +59,7 @@ class Dispatcher:
     def __init__(
         self,
         store: Store,
-        channel: WebhookChannel,
+        channel: Channel,
         settings: Settings,
         metrics: Metrics,
         clock: Clock,
@@ -267,7 +267,7 @@ class Dispatcher:
 
     async def _attempt(self, endpoint: Endpoint, job: Claimed) -> AttemptResult:
         started_at = self._clock.now()
-        sent = await self._channel.send(endpoint, job, started_at)
+        sent = await self._channel.send(WebhookRequest.of(endpoint, job, started_at), started_at)
         now = self._clock.now()
         number = job.attempts + 1
         decision = decide(
