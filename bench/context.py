@@ -39,6 +39,9 @@ class Context:
         """A fresh tidings (own database) for one measurement; py-spy on it if asked."""
         self._runs += 1
         workdir = self.tmp / f"{self._runs:02d}-{name}"
+        env = dict(env or {})
+        if self.options.senders is not None:
+            env["TIDINGS_SENDERS"] = str(self.options.senders)
         async with running(self.options.tidings, workdir, self.session, env) as server:
             profiler = await self._profile(server, name)
             try:

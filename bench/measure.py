@@ -162,7 +162,6 @@ def _machine() -> tuple[float, float]:
     return (sum(values) - idle) / _TICK, sum(values) / _TICK
 
 
-@dataclass
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (tidings' sender processes)."""
     found: list[int] = []
@@ -172,6 +171,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@dataclass
 class CpuMeter:
     """CPU used by named groups of processes over a window, as % of one core."""
 

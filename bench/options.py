@@ -26,6 +26,7 @@ class Options:
     profile: bool
     keep_temp: bool
     settle: float
+    senders: int | None
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -71,6 +72,7 @@ def parse(argv: list[str] | None = None) -> Options:
     )
     add("--profile", action="store_true", help="py-spy record each tidings process (if present)")
     add("--settle", type=float, default=30.0, help="wait up to S s for a quiet machine (30)")
+    add("--senders", type=int, default=None, help="TIDINGS_SENDERS (tidings' own default)")
     add("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, databases)")
     ns = parser.parse_args(argv)
     if not 1 <= ns.messages <= 1_000_000:
@@ -93,4 +95,5 @@ def parse(argv: list[str] | None = None) -> Options:
         profile=ns.profile,
         keep_temp=ns.keep_temp,
         settle=max(0.0, min(ns.settle, 600.0)),
+        senders=ns.senders,
     )
