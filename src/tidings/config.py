@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     request_timeout: Duration = timedelta(seconds=15)
     max_in_flight: int = Field(default=256, ge=1)
     # Processes that make the HTTP requests, beside the one that owns the store;
-    # 0 sends from the main process. Unset: one fewer than the CPUs, at most 4.
+    # 0 sends from the main process. Unset: one per CPU, at most 4 (0 on one CPU).
     senders: int | None = Field(default=None, ge=0, le=32)
     endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
     lease: Duration = timedelta(seconds=60)
@@ -63,10 +63,14 @@ class Settings(BaseSettings):
 
     @property
     def sender_count(self) -> int:
-        """How many sender processes to run (``senders``, or one fewer than the CPUs)."""
+        """How many sender processes to run (``senders``, or one per CPU, at most 4).
+
+        On one CPU a sender process only adds its hand-offs, so there it is 0.
+        """
         if self.senders is not None:
             return self.senders
-        return min(max((os.cpu_count() or 1) - 1, 0), 4)
+        cpus = os.cpu_count() or 1
+        return min(cpus, 4) if cpus > 1 else 0
 
     @field_validator("allow_networks", mode="before")
     @classmethod

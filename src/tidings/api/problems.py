@@ -39,15 +39,11 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every error into a problem document."""
-
-    @app.exception_handler(TidingsError)
-    async def tidings_error(request: Request, exc: TidingsError) -> JSONResponse:
+def problem_for(exc: Exception, path: str) -> JSONResponse:
+    """The problem document for an error raised while handling a request to ``path``."""
+    if isinstance(exc, TidingsError):
         return problem(exc.status, exc.title, exc.detail)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         errors = [_error(e) for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in errors):
             return problem(
@@ -55,17 +51,22 @@ def install(app: FastAPI) -> None:
             )
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
         return problem(422, "Invalid input", detail, errors=errors)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if isinstance(exc, HTTPException):
         titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
         title = titles.get(exc.status_code, "Error")
         return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
+    log.exception("unhandled_error", path=path, exc_info=exc)
+    return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled_error", path=request.url.path)
-        return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem document."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return problem_for(exc, request.url.path)
+
+    for error in (TidingsError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(error, handle)
 
 
 def _error(error: Any) -> dict[str, str]:
