@@ -24,6 +24,17 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.retention == timedelta(days=3)
     assert settings.secret_grace == timedelta(hours=24)
     assert settings.idempotency_ttl == timedelta(hours=24)
+    assert settings.senders is None
+
+
+@pytest.mark.parametrize(("cpus", "senders"), [(1, 0), (2, 2), (4, 4), (16, 4), (None, 0)])
+def test_sender_processes_default_to_one_per_cpu_up_to_four(
+    monkeypatch: pytest.MonkeyPatch, cpus: int | None, senders: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+
+    assert Settings(senders=None).sender_count == senders
+    assert Settings(senders=3).sender_count == 3  # a set value is taken as it is
 
 
 def test_environment_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,7 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 MAX_URL_LENGTH = 2048
+VERDICTS_KEPT = 4096  # hosts whose check_destination verdict is remembered
 _SCHEMES = frozenset({"http", "https"})
 
 # First match wins, so narrower networks come before the ones containing them.
@@ -172,6 +173,7 @@ class SsrfGuard:
     def __init__(self, allow: Sequence[IPNetwork] = ()) -> None:
         """``allow`` lists networks exempt from the guard (e.g. an internal relay)."""
         self._allow = tuple(allow)
+        self._verdicts: dict[str, str | None] = {}  # check_destination's, by host
 
     def _allowed(self, ip: IPAddress) -> bool:
         return any(ip in net for net in self._allow)
@@ -240,11 +242,16 @@ class SsrfGuard:
         ``http://169.254.169.254/`` would otherwise never meet the guard.
         Names are left to :class:`GuardedResolver`.
         """
-        ip = _ip_literal(host)
-        if ip is not None:
-            reason = self.refusal(ip)
-            if reason is not None:
-                raise AddressBlocked(f"destination {host} is refused: {reason}")
+        try:
+            reason = self._verdicts[host]
+        except KeyError:
+            ip = _ip_literal(host)
+            reason = None if ip is None else self.refusal(ip)
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[host] = reason
+        if reason is not None:
+            raise AddressBlocked(f"destination {host} is refused: {reason}")
 
 
 class GuardedResolver(AbstractResolver):

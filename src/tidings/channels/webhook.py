@@ -28,6 +28,7 @@ from tidings.exceptions import AddressBlocked
 from tidings.models import Claimed, Endpoint
 
 EXCERPT_BYTES = 1024
+_HEADERS = {"user-agent": f"tidings/{__version__}", "content-type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +109,7 @@ class WebhookChannel:
             ttl_dns_cache=10,
         )
         self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"user-agent": f"tidings/{__version__}", "content-type": "application/json"},
-            auto_decompress=False,
+            connector=connector, timeout=self._timeout, auto_decompress=False
         )
 
     async def close(self) -> None:
@@ -124,11 +122,12 @@ class WebhookChannel:
         receiver or network did."""
         assert self._session is not None, "WebhookChannel.open() was not awaited"
         headers = signature_headers(request.secrets, request.message_id, now, request.body)
+        headers.update(_HEADERS)
         started = time.perf_counter()
         try:
             self._guard.check_destination(_host(request.url))
             async with self._session.post(
-                request.url, data=request.body, headers=headers, allow_redirects=False
+                request.url, data=request.body.encode(), headers=headers, allow_redirects=False
             ) as response:
                 excerpt = await response.content.read(EXCERPT_BYTES)
                 outcome = Outcome(
