@@ -16,7 +16,7 @@ from tidings.delivery.policy import Decision, Outcome, Verdict
 from tidings.models import DeliveryState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
-DEAD_REASONS = ("exhausted", "expired", "gone", "blocked", "disabled", "deleted")
+DEAD_REASONS = ("exhausted", "expired", "gone", "blocked", "rejected", "disabled", "deleted")
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400)
 

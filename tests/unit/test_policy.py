@@ -155,6 +155,19 @@ def test_blocked_without_detail_still_has_a_reason() -> None:
     assert decision.reason.startswith("blocked: ")
 
 
+def test_a_permanent_refusal_is_dead_at_once_and_names_the_reply() -> None:
+    outcome = Outcome(550, detail="5.1.1 no such user", permanent=True, protocol="SMTP")
+    decision = _decide(outcome, attempt=1)
+    assert decision.verdict is Verdict.DEAD
+    assert decision.reason == "rejected: SMTP 550 5.1.1 no such user"
+    assert not decision.disable_endpoint
+
+
+def test_a_temporary_smtp_reply_is_retried() -> None:
+    decision = _decide(Outcome(451, protocol="SMTP"), attempt=1)
+    assert decision.verdict is Verdict.RETRY
+
+
 # --- exhaustion ------------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ The policy, in the order :func:`decide` applies it:
   the address guard), so it is retried like any other failure.
 * **Blocked**: an attempt the address guard refused (``error == "blocked"``, an
   SSRF refusal) is dead at once and never retried; the reason carries its detail.
+* **Rejected**: a refusal the channel marks as permanent (an SMTP ``5xx`` reply)
+  is dead at once and never retried.
 * **Gone**: ``410 Gone`` is the receiver saying the endpoint is gone for good;
   the message is dead and the decision asks for the endpoint to be disabled.
 * Everything else (other ``3xx``/``4xx``/``5xx``, timeouts, connection errors,
@@ -31,8 +33,8 @@ The policy, in the order :func:`decide` applies it:
   *expired*, rather than retried.
 
 A dead :class:`Decision` always has a ``reason``, human-readable and starting with
-a stable prefix (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``) that
-callers may match on.
+a stable prefix (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``,
+``rejected:``) that callers may match on.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class Outcome:
     """The raw ``Retry-After`` header value, if the response had one."""
     detail: str | None = None
     """Human detail, e.g. why the address guard refused the destination."""
+    permanent: bool = False
+    """The receiver refused for good (an SMTP 5xx reply): the delivery dies, unretried."""
+    protocol: str = "HTTP"
+    """What ``status`` is a code of: ``"HTTP"`` or ``"SMTP"``."""
 
     @property
     def succeeded(self) -> bool:
@@ -118,7 +124,7 @@ class Outcome:
     def summary(self) -> str:
         """A short description for reasons and logs: ``"HTTP 503"``, ``"timeout"``, ..."""
         if self.status is not None:
-            return f"HTTP {self.status}"
+            return f"{self.protocol} {self.status}"
         return self.error or "no response"
 
 
@@ -139,7 +145,7 @@ class Decision:
     """When to try again; set for :attr:`Verdict.RETRY` only."""
     reason: str | None = None
     """Why the message is dead; always set for :attr:`Verdict.DEAD`, with a stable prefix
-    (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``)."""
+    (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``, ``rejected:``)."""
     disable_endpoint: bool = False
     """True when the endpoint answered ``410 Gone`` and should be disabled."""
 
@@ -179,6 +185,9 @@ def decide(
     if outcome.error == "blocked":
         detail = outcome.detail or "destination address refused"
         return Decision(Verdict.DEAD, reason=f"blocked: {detail}")
+    if outcome.permanent:
+        detail = f" {outcome.detail}" if outcome.detail else ""
+        return Decision(Verdict.DEAD, reason=f"rejected: {outcome.summary}{detail}")
     if outcome.status == 410:
         return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
 

@@ -1,0 +1,1 @@
+"""Email: templates, the lookup that picks a variant, and what sends them."""
