@@ -180,16 +180,9 @@ def decide(
         )
     _require_aware(created_at=created_at, now=now)
 
-    if outcome.succeeded:
-        return Decision(Verdict.SUCCEEDED)
-    if outcome.error == "blocked":
-        detail = outcome.detail or "destination address refused"
-        return Decision(Verdict.DEAD, reason=f"blocked: {detail}")
-    if outcome.permanent:
-        detail = f" {outcome.detail}" if outcome.detail else ""
-        return Decision(Verdict.DEAD, reason=f"rejected: {outcome.summary}{detail}")
-    if outcome.status == 410:
-        return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
+    final = _final(outcome)
+    if final is not None:
+        return final
 
     last = f"{attempt} attempt{'' if attempt == 1 else 's'}, last: {outcome.summary}"
     if attempt >= len(schedule):
@@ -207,6 +200,21 @@ def decide(
             Verdict.DEAD, reason=f"expired: older than {_human(retention)} after {last}"
         )
     return Decision(Verdict.RETRY, next_attempt_at=next_attempt_at)
+
+
+def _final(outcome: Outcome) -> Decision | None:
+    """The decision for an outcome that ends the delivery whatever the schedule says."""
+    if outcome.succeeded:
+        return Decision(Verdict.SUCCEEDED)
+    if outcome.error == "blocked":
+        detail = outcome.detail or "destination address refused"
+        return Decision(Verdict.DEAD, reason=f"blocked: {detail}")
+    if outcome.permanent:
+        detail = f" {outcome.detail}" if outcome.detail else ""
+        return Decision(Verdict.DEAD, reason=f"rejected: {outcome.summary}{detail}")
+    if outcome.status == 410:
+        return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
+    return None
 
 
 def parse_retry_after(value: str, now: datetime) -> timedelta | None:
