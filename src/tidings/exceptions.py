@@ -4,7 +4,9 @@
 
     TidingsError
     ├── InvalidInput            400/422: a request that can never succeed as sent
-    │   └── InvalidEndpointUrl  not http(s), no host, or an address the guard refuses
+    │   ├── InvalidEndpointUrl  not http(s), no host, or an address the guard refuses
+    │   ├── InvalidTemplate     a template that does not compile (names the line)
+    │   └── MissingField        400: an email lacks a field its template uses
     ├── NotFound                404: no such object for this tenant
     ├── Conflict                409: e.g. an Idempotency-Key reused with another body
     ├── Unauthorized            401: a bad or missing credential
@@ -35,6 +37,15 @@ class InvalidInput(TidingsError):
 
 class InvalidEndpointUrl(InvalidInput):
     title = "Invalid endpoint URL"
+
+
+class InvalidTemplate(InvalidInput):
+    title = "Invalid template"
+
+
+class MissingField(InvalidInput):
+    status = 400
+    title = "Missing field"
 
 
 class NotFound(TidingsError):
