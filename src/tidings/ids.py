@@ -18,6 +18,7 @@ ENDPOINT = "ep"
 MESSAGE = "msg"
 DELIVERY = "dlv"
 ATTEMPT = "atm"
+EMAIL = "eml"
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:

@@ -16,6 +16,11 @@ class EndpointState(StrEnum):
     DISABLED = "disabled"
 
 
+class EndpointKind(StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"  # a tenant's email lane: its emails' deliveries, sent by the email channel
+
+
 class DeliveryState(StrEnum):
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
@@ -61,6 +66,7 @@ class Endpoint:
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+    kind: EndpointKind = EndpointKind.WEBHOOK
 
     def accepts(self, event_type: str) -> bool:
         """Whether a message of ``event_type`` goes to this endpoint (empty filter: all)."""
@@ -78,14 +84,28 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailRequest:
+    """What an email's message carries besides its payload (which is the whole request)."""
+
+    to: str
+    template: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A message as the producer sent it, before it is stored."""
+    """A message as the producer sent it, before it is stored.
+
+    With ``email`` set it is an email: one delivery, to the tenant's email lane,
+    whatever the tenant's webhook endpoints subscribe to.
+    """
 
     tenant_id: str
     event_type: str
     payload: bytes
     idempotency_key: str | None
     request_hash: str
+    email: EmailRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +185,19 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailOutcome:
+    """What an email's attempt adds to its result: what was chosen and sent, and the
+    status callback to publish when the email's fate is settled."""
+
+    email_id: str
+    variant: str | None
+    variant_reason: str
+    subject: str | None
+    sent_at: datetime | None
+    callback: NewMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptResult:
     """What the engine writes back for one finished attempt."""
 
@@ -177,6 +210,7 @@ class AttemptResult:
     lease_until: datetime
     """The claim's lease: the result applies only while the delivery still holds it."""
     disable_endpoint: bool = False
+    email: EmailOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,3 +234,50 @@ class ReplaySelector:
 class Page(Generic[T]):
     items: tuple[T, ...]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTemplate:
+    """An email template as stored: its definition is the JSON the API shows."""
+
+    tenant_id: str
+    name: str
+    definition: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EmailRecord:
+    id: str
+    tenant_id: str
+    delivery_id: str
+    to_address: str
+    template: str
+    reference: str | None
+    variant: str | None
+    variant_reason: str | None
+    subject: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailDetail:
+    email: EmailRecord
+    message: MessageDetail
+
+
+@dataclass(frozen=True, slots=True)
+class SinkEmail:
+    """An email the embedded mail sink received."""
+
+    email_id: str
+    tenant_id: str
+    message_id_header: str
+    sender: str
+    to_address: str
+    subject: str
+    text: str
+    html: str | None
+    received_at: datetime

@@ -22,11 +22,14 @@ from tidings.models import (
     Delivery,
     DeliveryFilter,
     DeliveryState,
+    EmailDetail,
     Endpoint,
     MessageDetail,
     NewMessage,
     Page,
     ReplaySelector,
+    SinkEmail,
+    StoredTemplate,
     Tenant,
 )
 
@@ -118,6 +121,40 @@ class Store(ABC):
 
     @abstractmethod
     async def get_message(self, tenant_id: str, message_id: str) -> MessageDetail | None: ...
+
+    # email ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def put_template(self, template: StoredTemplate, *, create: bool) -> bool:
+        """Create (``create``) or replace a template; False if it already exists
+        (create) or does not (replace)."""
+
+    @abstractmethod
+    async def get_template(self, tenant_id: str, name: str) -> StoredTemplate | None: ...
+
+    @abstractmethod
+    async def list_templates(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[StoredTemplate]:
+        """By name; ``cursor`` is the ``next_cursor`` of the page before."""
+
+    @abstractmethod
+    async def delete_template(self, tenant_id: str, name: str) -> bool:
+        """False if there was no such template. Emails accepted before and not yet
+        sent then fail: their template is gone."""
+
+    @abstractmethod
+    async def get_email(self, tenant_id: str, email_id: str) -> EmailDetail | None: ...
+
+    @abstractmethod
+    async def add_sink_email(self, email: SinkEmail) -> None:
+        """Keep an email the embedded mail sink received (again: a resend replaces it)."""
+
+    @abstractmethod
+    async def list_sink_emails(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[SinkEmail]:
+        """Newest first; ``cursor`` is the ``next_cursor`` of the page before."""
 
     @abstractmethod
     async def list_deliveries(

@@ -97,6 +97,8 @@ endpoints = Table(
     Column("state", String(16), nullable=False),
     Column("disabled_reason", Text),
     Column("deleted_at", Timestamp),
+    # "webhook", or "email": a tenant's email lane (one, made with its first email)
+    Column("kind", String(16), nullable=False, server_default="webhook"),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Index("ix_endpoints_tenant", "tenant_id", "id"),
@@ -161,4 +163,49 @@ attempts = Table(
     Column("status_code", Integer),
     Column("error", Text),
     Column("response_excerpt", Text),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("tenant_id", String(40), ForeignKey("tenants.id"), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("definition", Text, nullable=False),  # JSON: the template as the API shows it
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+# One row per email: what was asked (the message row has the request) and what
+# the worker chose when it sent it.
+emails = Table(
+    "emails",
+    metadata,
+    Column("id", String(40), ForeignKey("messages.id"), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("delivery_id", String(40), nullable=False),
+    Column("to_address", String(320), nullable=False),
+    Column("template", String(100), nullable=False),
+    Column("reference", String(200)),
+    Column("variant", String(200)),  # NULL: the template's own content
+    Column("variant_reason", Text),
+    Column("subject", Text),  # as last sent
+    Column("created_at", Timestamp, nullable=False),
+    Column("sent_at", Timestamp),
+    Index("ix_emails_tenant", "tenant_id", "id"),
+)
+
+# The embedded mail sink: what tidings "sent" when no SMTP server is configured.
+sink_emails = Table(
+    "sink_emails",
+    metadata,
+    Column("email_id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("message_id_header", String(200), nullable=False),
+    Column("sender", String(320), nullable=False),
+    Column("to_address", String(320), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("html", Text),
+    Column("received_at", Timestamp, nullable=False),
+    Index("ix_sink_emails_tenant", "tenant_id", "email_id"),
 )

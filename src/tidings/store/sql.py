@@ -48,13 +48,18 @@ from tidings.models import (
     Delivery,
     DeliveryFilter,
     DeliveryState,
+    EmailDetail,
+    EmailRecord,
     Endpoint,
+    EndpointKind,
     EndpointState,
     Message,
     MessageDetail,
     NewMessage,
     Page,
     ReplaySelector,
+    SinkEmail,
+    StoredTemplate,
     Tenant,
 )
 from tidings.store.base import Store
@@ -62,10 +67,13 @@ from tidings.store.schema import (
     api_keys,
     attempts,
     deliveries,
+    emails,
     endpoints,
     idempotency_keys,
     messages,
     settings,
+    sink_emails,
+    templates,
     tenants,
 )
 
@@ -75,6 +83,7 @@ _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retr
 GONE = "the endpoint answered 410 Gone"
 DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
 DELETED = "deleted: the endpoint was deleted"
+EMAIL_LANE_MAX_IN_FLIGHT = 10  # emails of one tenant in flight at once
 
 
 # Only a delivery still in flight under the lease it was claimed with goes back:
@@ -261,7 +270,11 @@ class SqlStore(Store):
     ) -> Page[Endpoint]:
         query = (
             select(endpoints)
-            .where(endpoints.c.tenant_id == tenant_id, endpoints.c.deleted_at.is_(None))
+            .where(
+                endpoints.c.tenant_id == tenant_id,
+                endpoints.c.deleted_at.is_(None),
+                endpoints.c.kind == EndpointKind.WEBHOOK,
+            )
             .order_by(endpoints.c.id.desc())
             .limit(limit + 1)
         )
@@ -320,32 +333,7 @@ class SqlStore(Store):
 
     def _get_message_tx(self, tenant_id: str, message_id: str) -> MessageDetail | None:
         with self._read() as conn:
-            row = (
-                conn.execute(
-                    select(messages).where(
-                        messages.c.id == message_id, messages.c.tenant_id == tenant_id
-                    )
-                )
-            ).first()
-            if row is None:
-                return None
-            rows = conn.execute(
-                select(*_DELIVERY_COLUMNS).where(_d.c.message_id == message_id).order_by(_d.c.id)
-            )
-            found = tuple(_delivery(r) for r in rows)
-            attempt_rows = conn.execute(
-                select(attempts)
-                .where(attempts.c.delivery_id.in_([d.id for d in found]))
-                .order_by(attempts.c.delivery_id, attempts.c.number)
-            )
-            by_delivery: dict[str, list[Attempt]] = {}
-            for a in attempt_rows:
-                by_delivery.setdefault(a.delivery_id, []).append(Attempt(**a._asdict()))
-        return MessageDetail(
-            message=Message(**row._asdict()),
-            deliveries=found,
-            attempts={key: tuple(value) for key, value in by_delivery.items()},
-        )
+            return _message_detail(conn, tenant_id, message_id)
 
     def _list_deliveries_tx(
         self, tenant_id: str, where: DeliveryFilter, *, cursor: str | None, limit: int
@@ -397,6 +385,109 @@ class SqlStore(Store):
                 )
             )
         return int(result.rowcount)
+
+    # email -----------------------------------------------------------------------
+
+    def _put_template_tx(self, template: StoredTemplate, *, create: bool) -> bool:
+        t = templates.c
+        with self._write() as conn:
+            exists = conn.scalar(
+                select(t.name).where(t.tenant_id == template.tenant_id, t.name == template.name)
+            )
+            if create:
+                if exists is not None:
+                    return False
+                conn.execute(insert(templates).values(**_fields(template)))
+                return True
+            if exists is None:
+                return False
+            conn.execute(
+                update(templates)
+                .where(t.tenant_id == template.tenant_id, t.name == template.name)
+                .values(definition=template.definition, updated_at=template.updated_at)
+            )
+            return True
+
+    def _get_template_tx(self, tenant_id: str, name: str) -> StoredTemplate | None:
+        t = templates.c
+        with self._read() as conn:
+            row = conn.execute(
+                select(templates).where(t.tenant_id == tenant_id, t.name == name)
+            ).first()
+        return None if row is None else StoredTemplate(**row._asdict())
+
+    def _list_templates_tx(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[StoredTemplate]:
+        t = templates.c
+        query = select(templates).where(t.tenant_id == tenant_id).order_by(t.name).limit(limit + 1)
+        if cursor:
+            query = query.where(t.name > cursor)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        page = [StoredTemplate(**row._asdict()) for row in rows]
+        more = len(page) > limit
+        return Page(tuple(page[:limit]), page[limit - 1].name if more else None)
+
+    def _delete_template_tx(self, tenant_id: str, name: str) -> bool:
+        t = templates.c
+        with self._write() as conn:
+            result = conn.execute(delete(templates).where(t.tenant_id == tenant_id, t.name == name))
+        return bool(result.rowcount)
+
+    def _get_email_tx(self, tenant_id: str, email_id: str) -> EmailDetail | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(emails).where(emails.c.id == email_id, emails.c.tenant_id == tenant_id)
+            ).first()
+            detail = None if row is None else _message_detail(conn, tenant_id, email_id)
+        if row is None or detail is None:
+            return None
+        return EmailDetail(EmailRecord(**row._asdict()), detail)
+
+    def _add_sink_email_tx(self, email: SinkEmail) -> None:
+        with self._write(durable=False) as conn:
+            conn.execute(delete(sink_emails).where(sink_emails.c.email_id == email.email_id))
+            conn.execute(insert(sink_emails).values(**_fields(email)))
+
+    def _list_sink_emails_tx(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[SinkEmail]:
+        k = sink_emails.c
+        query = (
+            select(sink_emails)
+            .where(k.tenant_id == tenant_id)
+            .order_by(k.email_id.desc())
+            .limit(limit + 1)
+        )
+        if cursor:
+            query = query.where(k.email_id < cursor)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        found = [SinkEmail(**row._asdict()) for row in rows]
+        more = len(found) > limit
+        return Page(tuple(found[:limit]), found[limit - 1].email_id if more else None)
+
+    def _record_email_outcomes(
+        self, conn: Connection, results: Sequence[AttemptResult], now: datetime
+    ) -> None:
+        """What emails' attempts add to their results, in the results' transaction: the
+        variant and subject sent, and the status callbacks, published as messages."""
+        outcomes = [r.email for r in results if r.email is not None]
+        for outcome in outcomes:
+            conn.execute(
+                update(emails)
+                .where(emails.c.id == outcome.email_id)
+                .values(
+                    variant=outcome.variant,
+                    variant_reason=outcome.variant_reason,
+                    subject=outcome.subject,
+                    sent_at=outcome.sent_at,
+                )
+            )
+        callbacks = [o.callback for o in outcomes if o.callback is not None]
+        if callbacks:
+            _Ingest(conn, now, now).run(callbacks)
 
     # engine ----------------------------------------------------------------------
 
@@ -534,6 +625,35 @@ class SqlStore(Store):
     ) -> list[Accepted | Conflict]:
         return await self._writing(partial(self._ingest_tx, batch, now, idempotency_ttl_s))
 
+    async def put_template(self, template: StoredTemplate, *, create: bool) -> bool:
+        return await self._writing(partial(self._put_template_tx, template, create=create))
+
+    async def get_template(self, tenant_id: str, name: str) -> StoredTemplate | None:
+        return await self._reading(partial(self._get_template_tx, tenant_id, name))
+
+    async def list_templates(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[StoredTemplate]:
+        return await self._reading(
+            partial(self._list_templates_tx, tenant_id, cursor=cursor, limit=limit)
+        )
+
+    async def delete_template(self, tenant_id: str, name: str) -> bool:
+        return await self._writing(partial(self._delete_template_tx, tenant_id, name))
+
+    async def get_email(self, tenant_id: str, email_id: str) -> EmailDetail | None:
+        return await self._reading(partial(self._get_email_tx, tenant_id, email_id))
+
+    async def add_sink_email(self, email: SinkEmail) -> None:
+        return await self._writing(partial(self._add_sink_email_tx, email))
+
+    async def list_sink_emails(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[SinkEmail]:
+        return await self._reading(
+            partial(self._list_sink_emails_tx, tenant_id, cursor=cursor, limit=limit)
+        )
+
     async def list_deliveries(
         self, tenant_id: str, where: DeliveryFilter, *, cursor: str | None, limit: int
     ) -> Page[Delivery]:
@@ -569,58 +689,110 @@ class _Ingest:
         self._conn = conn
         self._now = now
         self._keys_since = keys_since
+        self._rows: dict[Any, list[dict[str, Any]]] = {
+            table: [] for table in (messages, deliveries, emails, idempotency_keys)
+        }
 
     def run(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
         seen = self._known_keys(batch)
         fan_out = self._endpoints_by_tenant({m.tenant_id for m in batch})
         results: list[Accepted | Conflict] = []
-        message_rows: list[dict[str, Any]] = []
-        delivery_rows: list[dict[str, Any]] = []
-        key_rows: list[dict[str, Any]] = []
-        now = self._now
         for new in batch:
             key = (new.tenant_id, new.idempotency_key) if new.idempotency_key else None
             if key and key in seen:
                 results.append(_replay_or_conflict(seen[key], new))
                 continue
-            message_id = ids.new_id(ids.MESSAGE)
-            targets = [ep for ep in fan_out.get(new.tenant_id, ()) if ep.accepts(new.event_type)]
-            pairs = tuple((ids.new_id(ids.DELIVERY), ep) for ep in targets)
-            accepted = Accepted(message_id, tuple((d_id, ep.id) for d_id, ep in pairs))
+            accepted = self._accept(new, fan_out.setdefault(new.tenant_id, []))
             results.append(accepted)
-            message_rows.append(
-                {
-                    "id": message_id,
-                    "tenant_id": new.tenant_id,
-                    "event_type": new.event_type,
-                    "payload": new.payload,
-                    "idempotency_key": new.idempotency_key,
-                    "created_at": now,
-                }
-            )
-            delivery_rows.extend(
-                _new_delivery(d_id, ep, message_id, new, now) for d_id, ep in pairs
-            )
             if key:
                 seen[key] = (new.request_hash, accepted)
-                key_rows.append(
+                self._rows[idempotency_keys].append(
                     {
                         "tenant_id": new.tenant_id,
                         "key": new.idempotency_key,
                         "request_hash": new.request_hash,
-                        "message_id": message_id,
+                        "message_id": accepted.message_id,
                         "response": _encode_accepted(accepted),
-                        "created_at": now,
+                        "created_at": self._now,
                     }
                 )
-        for table, rows in (
-            (messages, message_rows),
-            (deliveries, delivery_rows),
-            (idempotency_keys, key_rows),
-        ):
+        for table, rows in self._rows.items():  # in an order the foreign keys allow
             if rows:
                 self._conn.execute(insert(table), rows)
         return results
+
+    def _accept(self, new: NewMessage, tenant_endpoints: list[Endpoint]) -> Accepted:
+        """The rows of one new message; a webhook message goes to every subscribed
+        endpoint, an email to the tenant's email lane."""
+        now = self._now
+        if new.email is None:
+            message_id = ids.new_id(ids.MESSAGE)
+            targets = [
+                ep
+                for ep in tenant_endpoints
+                if ep.kind is EndpointKind.WEBHOOK and ep.accepts(new.event_type)
+            ]
+        else:
+            message_id = ids.new_id(ids.EMAIL)
+            targets = [self._email_lane(new.tenant_id, tenant_endpoints)]
+        pairs = tuple((ids.new_id(ids.DELIVERY), ep) for ep in targets)
+        self._rows[messages].append(
+            {
+                "id": message_id,
+                "tenant_id": new.tenant_id,
+                "event_type": new.event_type,
+                "payload": new.payload,
+                "idempotency_key": new.idempotency_key,
+                "created_at": now,
+            }
+        )
+        self._rows[deliveries].extend(
+            _new_delivery(d_id, ep, message_id, new, now) for d_id, ep in pairs
+        )
+        if new.email is not None:
+            self._rows[emails].append(
+                {
+                    "id": message_id,
+                    "tenant_id": new.tenant_id,
+                    "delivery_id": pairs[0][0],
+                    "to_address": new.email.to,
+                    "template": new.email.template,
+                    "reference": new.email.reference,
+                    "variant": None,
+                    "variant_reason": None,
+                    "subject": None,
+                    "created_at": now,
+                    "sent_at": None,
+                }
+            )
+        return Accepted(message_id, tuple((d_id, ep.id) for d_id, ep in pairs))
+
+    def _email_lane(self, tenant_id: str, tenant_endpoints: list[Endpoint]) -> Endpoint:
+        """The tenant's email lane, made now if this is its first email."""
+        for endpoint in tenant_endpoints:
+            if endpoint.kind is EndpointKind.EMAIL:
+                return endpoint
+        lane = Endpoint(
+            id=ids.new_id(ids.ENDPOINT),
+            tenant_id=tenant_id,
+            url="email:",
+            description="the tenant's emails",
+            event_types=(),
+            secret="",
+            previous_secret=None,
+            previous_secret_expires_at=None,
+            max_in_flight=EMAIL_LANE_MAX_IN_FLIGHT,
+            rate_limit_per_s=None,
+            retry_schedule=None,
+            state=EndpointState.ACTIVE,
+            disabled_reason=None,
+            created_at=self._now,
+            updated_at=self._now,
+            kind=EndpointKind.EMAIL,
+        )
+        self._conn.execute(insert(endpoints).values(**_endpoint_row(lane)))
+        tenant_endpoints.append(lane)
+        return lane
 
     def _known_keys(
         self, batch: Sequence[NewMessage]
@@ -654,6 +826,33 @@ class _Ingest:
         for row in rows:
             found.setdefault(row.tenant_id, []).append(_endpoint(row))
         return found
+
+
+def _message_detail(conn: Connection, tenant_id: str, message_id: str) -> MessageDetail | None:
+    row = (
+        conn.execute(
+            select(messages).where(messages.c.id == message_id, messages.c.tenant_id == tenant_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    rows = conn.execute(
+        select(*_DELIVERY_COLUMNS).where(_d.c.message_id == message_id).order_by(_d.c.id)
+    )
+    found = tuple(_delivery(r) for r in rows)
+    attempt_rows = conn.execute(
+        select(attempts)
+        .where(attempts.c.delivery_id.in_([d.id for d in found]))
+        .order_by(attempts.c.delivery_id, attempts.c.number)
+    )
+    by_delivery: dict[str, list[Attempt]] = {}
+    for a in attempt_rows:
+        by_delivery.setdefault(a.delivery_id, []).append(Attempt(**a._asdict()))
+    return MessageDetail(
+        message=Message(**row._asdict()),
+        deliveries=found,
+        attempts={k: tuple(v) for k, v in by_delivery.items()},
+    )
 
 
 def _replay_or_conflict(first: tuple[str, Accepted], new: NewMessage) -> Accepted | Conflict:
@@ -728,6 +927,7 @@ def _get_endpoint(conn: Connection, tenant_id: str, endpoint_id: str) -> Endpoin
                 endpoints.c.id == endpoint_id,
                 endpoints.c.tenant_id == tenant_id,
                 endpoints.c.deleted_at.is_(None),
+                endpoints.c.kind == EndpointKind.WEBHOOK,
             )
         )
     ).first()
@@ -747,6 +947,7 @@ def _endpoint(row: Row[Any]) -> Endpoint:
     schedule = data["retry_schedule"]
     data["retry_schedule"] = tuple(orjson.loads(schedule)) if schedule else None
     data["state"] = EndpointState(data["state"])
+    data["kind"] = EndpointKind(data["kind"])
     return Endpoint(**data)
 
 

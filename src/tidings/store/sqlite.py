@@ -78,7 +78,7 @@ class SqliteStore(SqlStore):
     @contextlib.contextmanager
     def _hot(self) -> Iterator[sqlite3.Connection]:
         """A write transaction on the hot-path connection (under the write lock)."""
-        try:
+        with _driver_errors():
             if self._hot_conn is None:
                 conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
                 _configure(conn, None)
@@ -96,10 +96,6 @@ class SqliteStore(SqlStore):
             self._hot_commits += 1
             if self._hot_commits % CHECKPOINT_EVERY == 0:
                 self._writer.submit(self._locked, self._checkpoint)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"the store failed: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"the store failed: {exc}") from exc
 
     def _checkpoint(self) -> None:
         """Copy the WAL back into the database, as far as readers allow."""
@@ -150,52 +146,80 @@ class SqliteStore(SqlStore):
     def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int:
         if not results:
             return 0
-        now_us = to_micros(now)
-        with self._hot() as conn:
-            conn.executemany(
-                _INSERT_ATTEMPT,
-                [
-                    (
-                        a.id,
-                        a.delivery_id,
-                        a.number,
-                        to_micros(a.started_at),
-                        a.duration_ms,
-                        a.status_code,
-                        a.error,
-                        a.response_excerpt,
-                    )
-                    for a in (r.attempt for r in results)
-                ],
+        if not any(r.email for r in results):
+            with self._hot() as conn:
+                return _apply_results(conn, results, now)
+        # Emails' results also publish their status callbacks, through the ingest on
+        # SQLAlchemy's connection: the whole batch commits there, in one transaction.
+        with self._write(durable=False) as conn, _driver_errors():
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            ended = _apply_results(driver, results, now)
+            self._record_email_outcomes(conn, results, now)
+        return ended
+
+
+def _apply_results(
+    conn: sqlite3.Connection, results: Sequence[AttemptResult], now: datetime
+) -> int:
+    """Write ``results`` in the open transaction of ``conn``; how many waiting deliveries
+    of endpoints found disabled ended."""
+    now_us = to_micros(now)
+    conn.executemany(
+        _INSERT_ATTEMPT,
+        [
+            (
+                a.id,
+                a.delivery_id,
+                a.number,
+                to_micros(a.started_at),
+                a.duration_ms,
+                a.status_code,
+                a.error,
+                a.response_excerpt,
             )
-            conn.executemany(
-                _RESULT_UPDATE,
-                [
-                    (
-                        r.state.value,
-                        to_micros(r.next_attempt_at),
-                        r.attempt.status_code,
-                        r.attempt.error,
-                        r.dead_reason,
-                        now_us if r.state is DeliveryState.SUCCEEDED else None,
-                        now_us,
-                        r.delivery_id,
-                        to_micros(r.lease_until),
-                    )
-                    for r in results
-                ],
+            for a in (r.attempt for r in results)
+        ],
+    )
+    conn.executemany(
+        _RESULT_UPDATE,
+        [
+            (
+                r.state.value,
+                to_micros(r.next_attempt_at),
+                r.attempt.status_code,
+                r.attempt.error,
+                r.dead_reason,
+                now_us if r.state is DeliveryState.SUCCEEDED else None,
+                now_us,
+                r.delivery_id,
+                to_micros(r.lease_until),
             )
-            gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
-            conn.executemany(_DISABLE_ENDPOINT, [(GONE, now_us, e) for e in gone])
-            # Retries of an endpoint disabled meanwhile (by a 410 here or earlier)
-            # would wait for ever: they end now.
-            waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
-            if not gone and not waiting:
-                return 0
-            ended = conn.executemany(
-                _KILL_WAITING_OF_DISABLED, [(DISABLED, now_us, e) for e in waiting.union(gone)]
-            )
-            return ended.rowcount
+            for r in results
+        ],
+    )
+    gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
+    conn.executemany(_DISABLE_ENDPOINT, [(GONE, now_us, e) for e in gone])
+    # Retries of an endpoint disabled meanwhile (by a 410 here or earlier) would
+    # wait for ever: they end now.
+    waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
+    if not gone and not waiting:
+        return 0
+    ended = conn.executemany(
+        _KILL_WAITING_OF_DISABLED, [(DISABLED, now_us, e) for e in waiting.union(gone)]
+    )
+    return ended.rowcount
+
+
+@contextlib.contextmanager
+def _driver_errors() -> Iterator[None]:
+    """The driver's errors as the store's own (SQLAlchemy's are translated elsewhere)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"the store failed: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"the store failed: {exc}") from exc
 
 
 def _engine(url: str, pool_size: int) -> Any:
