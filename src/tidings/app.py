@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
+from tidings.channels.email import SmtpChannel, parse_smtp_url
 from tidings.channels.senders import SenderConfig, SenderPool
 from tidings.channels.ssrf import SsrfGuard
 from tidings.channels.webhook import Channel, WebhookChannel
@@ -25,6 +26,8 @@ from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
 from tidings.delivery.dispatcher import Dispatcher
+from tidings.email.lookup import Lookups
+from tidings.email.sending import EmailSender
 from tidings.exceptions import Conflict
 from tidings.metrics import Metrics
 from tidings.models import Accepted, NewMessage
@@ -69,8 +72,23 @@ class Tidings:
                 request_timeout=settings.request_timeout,
                 max_connections=settings.max_in_flight,
             )
+        self.lookups = Lookups(self.guard, self.clock)
+        self.smtp: SmtpChannel | None = None
+        if settings.smtp_url is not None:
+            self.smtp = SmtpChannel(
+                parse_smtp_url(settings.smtp_url.get_secret_value()),
+                message_id_domain=_domain(settings.email_from),
+            )
+        emails = EmailSender(
+            self.store,
+            self.lookups,
+            self.metrics,
+            smtp=self.smtp,
+            sender=settings.email_from,
+            message_id_domain=_domain(settings.email_from),
+        )
         self.dispatcher = Dispatcher(
-            self.store, self.channel, settings, self.metrics, self.clock, rng
+            self.store, self.channel, settings, self.metrics, self.clock, rng, emails
         )
         self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
         self.admin_token_hash = ""
@@ -82,6 +100,9 @@ class Tidings:
         await self.store.migrate()
         await self._ensure_admin_token()
         await self.channel.open()
+        await self.lookups.open()
+        if self.smtp is not None:
+            await self.smtp.open()
         await self.store.reclaim_expired_leases(self.clock.now())
         if self.senders is not None:
             self._supervise("senders", self.senders.run)
@@ -101,6 +122,9 @@ class Tidings:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.channel.close()
+        await self.lookups.close()
+        if self.smtp is not None:
+            await self.smtp.close()
         await self.store.close()
 
     async def accept(self, message: NewMessage) -> Accepted:
@@ -160,6 +184,10 @@ class Tidings:
                 raise
 
         self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+
+def _domain(address: str) -> str:
+    return address.rsplit("@", 1)[1]
 
 
 def _sender_config(settings: Settings) -> SenderConfig:

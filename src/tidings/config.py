@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     # 0 sends from the main process. Unset: one per CPU, at most 4 (0 on one CPU).
     senders: int | None = Field(default=None, ge=0, le=32)
     endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
+    # Email: without an SMTP URL, emails go to the embedded mail sink (GET /v1/sink/emails).
+    smtp_url: SecretStr | None = None
+    email_from: str = Field(
+        default="tidings@localhost", max_length=320, pattern=r"^[^@\s<>]+@[^@\s<>]+$"
+    )
     lease: Duration = timedelta(seconds=60)
     retention: Duration = timedelta(days=3)
     retry_after_max: Duration = timedelta(hours=1)
@@ -80,6 +85,15 @@ class Settings(BaseSettings):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, list | tuple):
             return tuple(ipaddress.ip_network(str(net), strict=False) for net in value)
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from tidings.channels.email import parse_smtp_url
+
+            parse_smtp_url(value.get_secret_value())  # its errors never show the password
         return value
 
     @model_validator(mode="after")

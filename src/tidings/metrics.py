@@ -13,6 +13,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tidings.delivery.policy import Decision, Outcome, Verdict
+from tidings.email.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult
 from tidings.models import DeliveryState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
@@ -67,6 +68,14 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.lookups = Counter(
+            "tidings_lookup",
+            "Template lookups, by template, outcome and (for errors) reason; each error "
+            "sent the template's default content.",
+            ["template", "outcome", "reason"],
+            registry=r,
+        )
+        self._templates: set[str] = set()
         self._initialise_labels()
 
     def _initialise_labels(self) -> None:
@@ -81,6 +90,19 @@ class Metrics:
                 self.attempts.labels(outcome, status_class)
         for state in DeliveryState:
             self.queue_depth.labels(state.value)
+
+    def template_known(self, template: str) -> None:
+        """Create the lookup series of ``template`` (once), so they read 0 from the start."""
+        if template in self._templates:
+            return
+        self._templates.add(template)
+        for outcome in LookupOutcome:
+            for reason in LOOKUP_REASONS if outcome is LookupOutcome.ERROR else ("",):
+                self.lookups.labels(template, outcome.value, reason)
+
+    def looked_up(self, template: str, result: LookupResult) -> None:
+        self.template_known(template)
+        self.lookups.labels(template, result.outcome.value, result.reason).inc()
 
     def accepted(self, *, replayed: bool) -> None:
         self.messages.labels("true" if replayed else "false").inc()

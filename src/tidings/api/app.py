@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings import __version__
-from tidings.api import endpoints, health, messages, problems, tenants
+from tidings.api import emails, endpoints, health, messages, problems, templates, tenants
 from tidings.api.auth import KeyCache
 from tidings.app import Tidings
 
@@ -23,7 +23,7 @@ def create_api(tidings: Tidings) -> ASGIApp:
     api.state.tidings = tidings
     api.state.keys = KeyCache()
     problems.install(api)
-    for module in (health, tenants, endpoints, messages):
+    for module in (health, tenants, endpoints, messages, templates, emails):
         api.include_router(module.router)
     return problems.BodyLimit(IngestFirst(api), max_bytes=tidings.settings.max_body_bytes)
 

@@ -74,7 +74,7 @@ async def create_message(request: Request) -> Response:
     """Accept a message; the answer comes once it is committed to the store."""
     app = tidings_of(request)
     tenant_id = await require_tenant(request)
-    idempotency_key = _idempotency_key(request.headers.get("idempotency-key"))
+    key = idempotency_key(request.headers.get("idempotency-key"))
     raw = await request.body()
     if not raw:
         raise RequestValidationError(
@@ -86,9 +86,7 @@ async def create_message(request: Request) -> Response:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     payload = orjson.dumps(body.payload)
     request_hash = hashlib.sha256(body.event_type.encode() + b"\n" + payload).hexdigest()
-    accepted = await app.accept(
-        NewMessage(tenant_id, body.event_type, payload, idempotency_key, request_hash)
-    )
+    accepted = await app.accept(NewMessage(tenant_id, body.event_type, payload, key, request_hash))
     answer = {
         "id": accepted.message_id,
         "deliveries": [{"id": d, "endpoint_id": e} for d, e in accepted.deliveries],
@@ -97,7 +95,8 @@ async def create_message(request: Request) -> Response:
     return Response(orjson.dumps(answer), 202, headers, media_type="application/json")
 
 
-def _idempotency_key(value: str | None) -> str | None:
+def idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's value, validated (a 422 names the header)."""
     if value is None:
         return None
     try:

@@ -30,6 +30,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from datetime import datetime
 
+import orjson
 import structlog
 
 from tidings.channels.webhook import Channel, WebhookRequest
@@ -38,9 +39,19 @@ from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
 from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Outcome, Verdict, decide
 from tidings.delivery.ratelimit import TokenBucket
+from tidings.email.sending import Choice, EmailSender
 from tidings.ids import ATTEMPT, new_id
 from tidings.metrics import Metrics
-from tidings.models import Attempt, AttemptResult, Claimed, DeliveryState, Endpoint
+from tidings.models import (
+    Attempt,
+    AttemptResult,
+    Claimed,
+    DeliveryState,
+    EmailOutcome,
+    Endpoint,
+    EndpointKind,
+    NewMessage,
+)
 from tidings.store.base import Store
 
 log = structlog.get_logger(__name__)
@@ -64,9 +75,11 @@ class Dispatcher:
         metrics: Metrics,
         clock: Clock,
         rng: random.Random | None = None,
+        emails: EmailSender | None = None,
     ) -> None:
         self._store = store
         self._channel = channel
+        self._emails = emails
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
@@ -267,7 +280,13 @@ class Dispatcher:
 
     async def _attempt(self, endpoint: Endpoint, job: Claimed) -> AttemptResult:
         started_at = self._clock.now()
-        sent = await self._channel.send(WebhookRequest.of(endpoint, job, started_at), started_at)
+        choice: Choice | None = None
+        if endpoint.kind is EndpointKind.EMAIL:
+            assert self._emails is not None, "an email lane needs the email sender"
+            sent, choice = await self._emails.send(endpoint, job, started_at)
+        else:
+            request = WebhookRequest.of(endpoint, job, started_at)
+            sent = await self._channel.send(request, started_at)
         now = self._clock.now()
         number = job.attempts + 1
         decision = decide(
@@ -303,6 +322,7 @@ class Dispatcher:
             dead_reason=decision.reason,
             lease_until=job.lease_until,
             disable_endpoint=decision.disable_endpoint,
+            email=None if choice is None else _email_outcome(endpoint, job, choice, decision, now),
         )
 
     async def _write_results(self, results: Sequence[AttemptResult]) -> list[None]:
@@ -318,6 +338,37 @@ class Dispatcher:
         if gone:
             self.endpoints_changed()
         return [None] * len(results)
+
+
+def _email_outcome(
+    lane: Endpoint, job: Claimed, choice: Choice, decision: Decision, now: datetime
+) -> EmailOutcome:
+    """What an email's attempt records, and its status callback once its fate is settled:
+    ``email.delivered`` (the SMTP server accepted it) or ``email.failed``."""
+    delivered = decision.verdict is Verdict.SUCCEEDED
+    callback = None
+    if decision.verdict is not Verdict.RETRY:
+        request = orjson.loads(job.payload)
+        status = "delivered" if delivered else "failed"
+        event = {
+            "id": job.message_id,
+            "reference": request.get("reference"),
+            "to": request["to"],
+            "status": status,
+            "time": now,
+            "variant": choice.variant,
+            "reason": decision.reason,
+        }
+        payload = orjson.dumps(event, option=orjson.OPT_UTC_Z)
+        callback = NewMessage(lane.tenant_id, f"email.{status}", payload, None, "")
+    return EmailOutcome(
+        email_id=job.message_id,
+        variant=choice.variant,
+        variant_reason=choice.reason,
+        subject=choice.subject,
+        sent_at=now if delivered else None,
+        callback=callback,
+    )
 
 
 def _error_text(outcome: Outcome) -> str | None:

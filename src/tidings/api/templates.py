@@ -1,0 +1,165 @@
+"""Email templates: a subject, a text and an optional HTML body, in sandboxed Jinja2,
+with an optional lookup whose answer picks a variant."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.api.auth import App, TenantId
+from tidings.api.schemas import PageOut
+from tidings.channels.ssrf import SsrfGuard
+from tidings.email import templates
+from tidings.email.stored import template_from
+from tidings.exceptions import Conflict, InvalidTemplate, NotFound
+from tidings.models import StoredTemplate
+
+router = APIRouter(prefix="/v1/templates", tags=["email"])
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The template's name.")]
+Subject = Annotated[str, Field(min_length=1, max_length=1000)]
+Body = Annotated[str, Field(min_length=1, max_length=100_000)]
+_TEMPLATED_ORIGIN = re.compile(r"^[^/]*//[^/?#]*[{%]")  # a placeholder in scheme, host or port
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VariantBody(_In):
+    subject: Subject | None = None
+    text: Body | None = None
+    html: Body | None = None
+
+
+class LookupBody(_In):
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="A Jinja template of an http(s) URL; the values are URL-encoded. "
+        "Its host must be written out.",
+    )
+    timeout_ms: int = Field(default=2000, ge=1, le=10_000)
+    select: str = Field(
+        max_length=500, description="A JSON Pointer into the answer; its value picks a variant."
+    )
+
+
+class TemplateBody(_In):
+    subject: Subject
+    text: Body
+    html: Body | None = None
+    lookup: LookupBody | None = None
+    variants: dict[Annotated[str, Field(min_length=1, max_length=200)], VariantBody] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="Keyed by the lookup's value as a string (`true`, `gold`, `42`).",
+    )
+
+
+class TemplateIn(TemplateBody):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+class TemplateOut(TemplateIn):
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, stored: StoredTemplate) -> TemplateOut:
+        return cls(
+            **orjson.loads(stored.definition),
+            created_at=stored.created_at,
+            updated_at=stored.updated_at,
+        )
+
+
+def _definition(name: str, body: TemplateBody) -> dict[str, Any]:
+    return {"name": name, **body.model_dump(exclude_none=True)}
+
+
+def _checked(name: str, body: TemplateBody, guard: SsrfGuard) -> templates.Template:
+    """The template, refused with a problem document if it cannot work."""
+    template = template_from(_definition(name, body))
+    templates.check(template)
+    if body.lookup is not None:
+        if _TEMPLATED_ORIGIN.match(body.lookup.url):
+            raise InvalidTemplate("lookup.url: the scheme and host must be written out")
+        guard.check_url(body.lookup.url)
+    return template
+
+
+async def _store(
+    app: App, tenant_id: str, name: str, body: TemplateBody, *, create: bool
+) -> StoredTemplate:
+    _checked(name, body, app.guard)
+    now = app.clock.now()
+    definition = orjson.dumps(_definition(name, body)).decode()
+    stored = StoredTemplate(tenant_id, name, definition, now, now)
+    if not await app.store.put_template(stored, create=create):
+        if create:
+            raise Conflict(
+                f"a template {name!r} exists already; replace it with PUT /v1/templates/{name}"
+            )
+        raise _not_found(name)
+    app.metrics.template_known(name)
+    return stored if create else await _get(app, tenant_id, name)
+
+
+@router.post("", status_code=201)
+async def create_template(body: TemplateIn, tenant_id: TenantId, app: App) -> TemplateOut:
+    """Create a template. A syntax error is refused with its part, line and message."""
+    stored = await _store(
+        app, tenant_id, body.name, TemplateBody(**body.model_dump(exclude={"name"})), create=True
+    )
+    return TemplateOut.of(stored)
+
+
+@router.get("")
+async def list_templates(
+    tenant_id: TenantId,
+    app: App,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> PageOut[TemplateOut]:
+    """The tenant's templates, by name."""
+    page = await app.store.list_templates(tenant_id, cursor=cursor, limit=limit)
+    return PageOut(data=[TemplateOut.of(t) for t in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{name}")
+async def get_template(name: Name, tenant_id: TenantId, app: App) -> TemplateOut:
+    return TemplateOut.of(await _get(app, tenant_id, name))
+
+
+@router.put("/{name}")
+async def replace_template(
+    name: Name, body: TemplateBody, tenant_id: TenantId, app: App
+) -> TemplateOut:
+    """Replace a template whole. Emails not yet sent are sent with the new one."""
+    return TemplateOut.of(await _store(app, tenant_id, name, body, create=False))
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_template(name: Name, tenant_id: TenantId, app: App) -> Response:
+    """Delete a template; emails of it not yet sent fail (`email.failed`)."""
+    if not await app.store.delete_template(tenant_id, name):
+        raise _not_found(name)
+    return Response(status_code=204)
+
+
+async def _get(app: App, tenant_id: str, name: str) -> StoredTemplate:
+    stored = await app.store.get_template(tenant_id, name)
+    if stored is None:
+        raise _not_found(name)
+    return stored
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"no template {name!r}")

@@ -1,0 +1,131 @@
+"""One attempt of an email: its template, the lookup that picks a variant, the send.
+
+The engine claims an email's delivery like any other (from the tenant's email
+lane) and hands it here. This reads the template as it is now, runs its lookup
+(never in the API request: here, at send time, bounded by its timeout, and any
+failure means the template's own content), renders the chosen variant and
+sends it through SMTP, or into the embedded mail sink when no SMTP server is
+configured.
+
+An email that can never be sent as it stands (its template was deleted, or
+changed so a field is now missing) is a permanent refusal: the policy makes it
+dead at once, and its ``email.failed`` callback says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from tidings.channels.email import OutgoingEmail, SmtpChannel, message_id
+from tidings.channels.webhook import Sent
+from tidings.delivery.policy import Outcome
+from tidings.email import templates
+from tidings.email.lookup import LookupOutcome, Lookups
+from tidings.email.stored import template_of
+from tidings.exceptions import InvalidInput
+from tidings.metrics import Metrics
+from tidings.models import Claimed, Endpoint, SinkEmail
+from tidings.store.base import Store
+
+SINK_REPLY = "250 2.0.0 kept by the tidings mail sink"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What was sent: the variant (None: the template's own content) and why."""
+
+    variant: str | None
+    reason: str
+    subject: str | None
+
+
+class EmailSender:
+    def __init__(
+        self,
+        store: Store,
+        lookups: Lookups,
+        metrics: Metrics,
+        *,
+        smtp: SmtpChannel | None,
+        sender: str,
+        message_id_domain: str,
+    ) -> None:
+        self._store = store
+        self._lookups = lookups
+        self._metrics = metrics
+        self._smtp = smtp
+        self._sender = sender
+        self._domain = message_id_domain
+
+    async def send(self, lane: Endpoint, job: Claimed, now: datetime) -> tuple[Sent, Choice]:
+        """Attempt the email of ``job``, claimed from the email lane ``lane``."""
+        request = orjson.loads(job.payload)
+        tenant_id = lane.tenant_id
+        stored = await self._store.get_template(tenant_id, request["template"])
+        if stored is None:
+            return _refused(f"the template {request['template']!r} was deleted"), _NONE
+        template = template_of(stored)
+        values: dict[str, Any] = {**request.get("personalisation", {}), "to": request["to"]}
+        try:
+            choice = await self._choose(tenant_id, template, values)
+            content = templates.render(template, choice.variant, values)
+        except InvalidInput as exc:
+            return _refused(exc.detail), _NONE
+        choice = Choice(choice.variant, choice.reason, content.subject)
+        email = OutgoingEmail(
+            email_id=job.message_id,
+            sender=self._sender,
+            to=request["to"],
+            subject=content.subject,
+            text=content.text,
+            html=content.html,
+            reference=request.get("reference"),
+        )
+        if self._smtp is not None:
+            return await self._smtp.send(email, now), choice
+        await self._store.add_sink_email(
+            SinkEmail(
+                email_id=email.email_id,
+                tenant_id=tenant_id,
+                message_id_header=message_id(email.email_id, self._domain),
+                sender=email.sender,
+                to_address=email.to,
+                subject=email.subject,
+                text=email.text,
+                html=email.html,
+                received_at=now,
+            )
+        )
+        return Sent(Outcome(250, protocol="SMTP"), 0.0, SINK_REPLY), choice
+
+    async def _choose(
+        self, tenant_id: str, template: templates.Template, values: dict[str, Any]
+    ) -> Choice:
+        lookup = template.lookup
+        if lookup is None:
+            return Choice(None, "the template has no lookup", None)
+        url = templates.render_lookup_url(lookup, values)
+        result = await self._lookups.fetch(
+            f"{tenant_id}/{template.name}",
+            url,
+            lookup.select,
+            lookup.timeout_ms,
+            template.variants.keys(),
+        )
+        self._metrics.looked_up(template.name, result)
+        if result.outcome is LookupOutcome.FOUND:
+            return Choice(result.value, f"the lookup found {result.value!r}", None)
+        if result.outcome is LookupOutcome.NOT_FOUND:
+            return Choice(None, f"the lookup found {result.value!r}, which has no variant", None)
+        return Choice(None, f"the lookup failed ({result.reason}): {result.detail}", None)
+
+
+_NONE = Choice(None, "not sent", None)
+
+
+def _refused(detail: str) -> Sent:
+    return Sent(Outcome(None, "unsendable", detail=detail, permanent=True), 0.0, None)
