@@ -155,7 +155,6 @@ ESCAPES = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ cycler.__init__.__globals__ }}",
     "{{ cycler.__init__.__globals__.os }}",
-    "{{ lipsum.__globals__['os'] }}",
     "{{ joiner.__init__.__globals__ }}",
     "{{ namespace.__init__.__globals__ }}",
     "{{ self._TemplateReference__context }}",
@@ -386,3 +385,30 @@ def test_any_text_value_renders_verbatim(name: str) -> None:
     assert content.text == f"Dear {name},\n"
     assert content.html == f"<p>{escape(name)}</p>"
     assert content.subject.splitlines() == ([content.subject] if content.subject else [])
+
+
+# --- resource bounds ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'a' * 1000000000 }}",
+        "{{ 1000000000 * 'a' }}",
+        "{{ [1] * 10 ** 9 }}",
+        "{{ 2 ** 100000 }}",
+        "{% for i in range(100000) %}{% for j in range(20) %}xxxxxxxx{% endfor %}{% endfor %}",
+    ],
+)
+def test_a_template_cannot_make_the_worker_build_something_huge(source: str) -> None:
+    template = Template("huge", Content("s", source))
+
+    with pytest.raises(InvalidTemplate, match=r"^text: .*(not allowed|more than)"):
+        render(template, None, {})
+
+
+def test_small_repetitions_still_work_and_lipsum_is_gone() -> None:
+    template = Template("ok", Content("s", "{{ '-' * 3 }}{{ 2 ** 10 }}"))
+    assert render(template, None, {}).text == "---1024"
+    with pytest.raises(MissingField):
+        render(Template("l", Content("s", "{{ lipsum() }}")), None, {})

@@ -80,6 +80,9 @@ MIN_TIMEOUT_MS: Final = 1
 """The shortest lookup timeout a template may ask for, in milliseconds."""
 
 MAX_TIMEOUT_MS: Final = 10_000
+MAX_REPEAT: Final = 100_000  # the longest string or list ``*`` may build
+MAX_EXPONENT: Final = 1_000
+MAX_RENDERED: Final = 1_000_000  # characters a part may render to
 """The longest lookup timeout a template may ask for, in milliseconds."""
 
 COMPILED_CACHE_SIZE: Final = 1024
@@ -160,14 +163,36 @@ def _url_component(value: object) -> str:
     return quote(str(value), safe="")
 
 
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` bounded: ``{{ 'a' * 10**9 }}`` would otherwise
+    build a gigabyte in the worker. (Sandboxed operators are never folded at compile.)"""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and _number(right) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent over {MAX_EXPONENT} is not allowed")
+        if operator == "*":
+            size, times = (left, right) if _number(right) else (right, left)
+            if _number(times) and hasattr(size, "__len__") and len(size) * times > MAX_REPEAT:
+                raise SecurityError(f"a repetition longer than {MAX_REPEAT} is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _environment(kind: _Kind) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
+    environment = _BoundedSandbox(
         undefined=StrictUndefined,
         autoescape=kind is _Kind.HTML,
         finalize=_url_component if kind is _Kind.URL else None,
         keep_trailing_newline=kind is not _Kind.URL,
         auto_reload=False,
     )
+    del environment.globals["lipsum"]  # generates text by the kilobyte: no use in an email
+    return environment
 
 
 _ENVIRONMENTS: Final = MappingProxyType({kind: _environment(kind) for kind in _Kind})
@@ -307,7 +332,7 @@ def _render(part: _Part, values: Mapping[str, Any]) -> str:
     """``part`` rendered with ``values``, Jinja's and Python's errors turned into ours."""
     template = _compile(part).template
     try:
-        return template.render(values)
+        return _bounded(template.generate(values), part.name)
     except SecurityError as exc:
         raise InvalidTemplate(f"{part.name}: {exc}") from exc
     except UndefinedError as exc:
@@ -317,6 +342,18 @@ def _render(part: _Part, values: Mapping[str, Any]) -> str:
         # TypeError from |round on a string, ZeroDivisionError, RecursionError from a
         # recursive macro, ...): all of them are the request's fault, none a 500.
         raise InvalidInput(f"{part.name}: {str(exc) or type(exc).__name__}") from exc
+
+
+def _bounded(chunks: Iterator[str], part: str) -> str:
+    """The rendered text, refused once it passes :data:`MAX_RENDERED` characters."""
+    out: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_RENDERED:
+            raise SecurityError(f"renders to more than {MAX_RENDERED} characters")
+        out.append(chunk)
+    return "".join(out)
 
 
 def _one_line(subject: str) -> str:
