@@ -494,3 +494,11 @@ def test_decide_properties(
     assert decision.disable_endpoint == (
         decision.verdict is Verdict.DEAD and decision.reason == "gone: endpoint answered 410"
     )
+
+
+def test_a_permanent_failure_without_a_reply_names_its_error_and_why() -> None:
+    outcome = Outcome(
+        None, "unsendable", detail="the template 'confirm' was deleted", permanent=True
+    )
+    decision = _decide(outcome, attempt=1)
+    assert decision.reason == "rejected: unsendable: the template 'confirm' was deleted"

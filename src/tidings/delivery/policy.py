@@ -210,7 +210,9 @@ def _final(outcome: Outcome) -> Decision | None:
         detail = outcome.detail or "destination address refused"
         return Decision(Verdict.DEAD, reason=f"blocked: {detail}")
     if outcome.permanent:
-        detail = f" {outcome.detail}" if outcome.detail else ""
+        # "rejected: SMTP 550 5.1.1 no such user", "rejected: unsendable: <why>"
+        separator = " " if outcome.status is not None else ": "
+        detail = f"{separator}{outcome.detail}" if outcome.detail else ""
         return Decision(Verdict.DEAD, reason=f"rejected: {outcome.summary}{detail}")
     if outcome.status == 410:
         return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
