@@ -104,6 +104,8 @@ class Tidings:
         if self.smtp is not None:
             await self.smtp.open()
         await self.store.reclaim_expired_leases(self.clock.now())
+        for name in await self.store.template_names():
+            self.metrics.template_known(name)
         if self.senders is not None:
             self._supervise("senders", self.senders.run)
         self._supervise("ingest", self.ingest.run)

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client import generate_latest
 
 from support import Receiver, bearer, new_endpoint, new_tenant, wait_for
 from tidings.app import Tidings
@@ -130,3 +131,22 @@ async def test_a_missing_field_is_a_400_that_names_it_and_nothing_is_sent(
     assert "'code'" in problem["detail"]
     assert "'name'" not in problem["detail"]
     assert (await client.get("/v1/sink/emails", headers=bearer(key))).json()["data"] == []
+
+
+async def test_a_templates_lookup_series_exist_after_a_restart(
+    make_settings: Any, client: httpx.AsyncClient
+) -> None:
+    """Created through one tidings, counted from zero by the next on the same store."""
+    _, key = await new_tenant(client)
+    await create_template(client, key, name="welcome")
+
+    later = Tidings(make_settings())
+    await later.start()
+    try:
+        exposed = generate_latest(later.metrics.registry).decode()
+    finally:
+        await later.stop()
+
+    assert 'tidings_lookup_total{outcome="error",reason="timeout",template="welcome"} 0.0' in (
+        exposed
+    )

@@ -139,6 +139,10 @@ class Store(ABC):
         """By name; ``cursor`` is the ``next_cursor`` of the page before."""
 
     @abstractmethod
+    async def template_names(self) -> list[str]:
+        """Every template name in use, across tenants (for the metrics' series)."""
+
+    @abstractmethod
     async def delete_template(self, tenant_id: str, name: str) -> bool:
         """False if there was no such template. Emails accepted before and not yet
         sent then fail: their template is gone."""

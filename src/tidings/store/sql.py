@@ -429,6 +429,11 @@ class SqlStore(Store):
         more = len(page) > limit
         return Page(tuple(page[:limit]), page[limit - 1].name if more else None)
 
+    def _template_names_tx(self) -> list[str]:
+        with self._read() as conn:
+            names = select(templates.c.name).distinct().order_by(templates.c.name)
+            return list(conn.scalars(names))
+
     def _delete_template_tx(self, tenant_id: str, name: str) -> bool:
         t = templates.c
         with self._write() as conn:
@@ -637,6 +642,9 @@ class SqlStore(Store):
         return await self._reading(
             partial(self._list_templates_tx, tenant_id, cursor=cursor, limit=limit)
         )
+
+    async def template_names(self) -> list[str]:
+        return await self._reading(self._template_names_tx)
 
     async def delete_template(self, tenant_id: str, name: str) -> bool:
         return await self._writing(partial(self._delete_template_tx, tenant_id, name))
