@@ -136,7 +136,7 @@ class Tidings:
             raise result
         self.metrics.accepted(replayed=result.replayed)
         if result.deliveries and not result.replayed:
-            self.dispatcher.wake()
+            self.dispatcher.wake(endpoint_id for _, endpoint_id in result.deliveries)
         return result
 
     async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:

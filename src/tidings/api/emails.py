@@ -141,7 +141,9 @@ async def send_email(
             "email",
             payload,
             idempotency_key(key),
-            hashlib.sha256(b"email\n" + payload).hexdigest(),
+            # Keys are shared with messages, whose hash starts with an event type: a
+            # space never occurs in one, so no message's hash can be an email's.
+            hashlib.sha256(b"email request\n" + payload).hexdigest(),
             EmailRequest(body.to, body.template, body.reference),
         )
     )

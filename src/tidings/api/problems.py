@@ -63,10 +63,24 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem document."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError) and _body_not_json(request, exc):
+            return problem(
+                415,
+                "Unsupported media type",
+                "send the body as JSON, with the header Content-Type: application/json",
+            )
         return problem_for(exc, request.url.path)
 
     for error in (TidingsError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(error, handle)
+
+
+def _body_not_json(request: Request, exc: RequestValidationError) -> bool:
+    """A body FastAPI did not read as JSON, because its Content-Type is not JSON."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return False
+    return any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
 
 
 def _error(error: Any) -> dict[str, str]:

@@ -34,7 +34,7 @@ _EMAIL = re.compile(r"^[^@\s\"(),:;<>\[\\\]]{1,64}@(?=.{1,255}$)[A-Za-z0-9-]+(\.
 
 
 def _email(value: str) -> str:
-    if not _EMAIL.match(value):
+    if not _EMAIL.fullmatch(value):  # not match: its $ would let a final newline through
         raise ValueError("not an email address of the form name@example.com")
     return value
 

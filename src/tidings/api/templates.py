@@ -16,7 +16,7 @@ from tidings.api.schemas import PageOut
 from tidings.channels.ssrf import SsrfGuard
 from tidings.email import templates
 from tidings.email.stored import template_from
-from tidings.exceptions import Conflict, InvalidTemplate, NotFound
+from tidings.exceptions import Conflict, InvalidEndpointUrl, InvalidTemplate, NotFound
 from tidings.models import StoredTemplate
 
 router = APIRouter(prefix="/v1/templates", tags=["email"])
@@ -91,7 +91,10 @@ def _checked(name: str, body: TemplateBody, guard: SsrfGuard) -> templates.Templ
     if body.lookup is not None:
         if _TEMPLATED_ORIGIN.match(body.lookup.url):
             raise InvalidTemplate("lookup.url: the scheme and host must be written out")
-        guard.check_url(body.lookup.url)
+        try:
+            guard.check_url(body.lookup.url)
+        except InvalidEndpointUrl as exc:
+            raise InvalidTemplate(f"lookup.url: {exc.detail}") from None
     return template
 
 

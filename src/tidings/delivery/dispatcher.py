@@ -27,7 +27,7 @@ import itertools
 import random
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import orjson
@@ -101,8 +101,12 @@ class Dispatcher:
 
     # signals -------------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """New or changed work: look again now."""
+    def wake(self, endpoint_ids: Iterable[str] = ()) -> None:
+        """New or changed work: look again now (and read the endpoints again if
+        ``endpoint_ids`` names one this dispatcher has not seen yet, such as a
+        tenant's email lane made by its first email)."""
+        if any(e not in self._endpoints for e in endpoint_ids):
+            self._endpoints_read_at = -1e9
         self._wakeup.set()
 
     def endpoints_changed(self) -> None:
