@@ -80,12 +80,19 @@ async def test_retry_after_replaces_the_scheduled_delay(
 async def test_410_gone_disables_the_endpoint_and_ends_its_waiting_deliveries(
     client: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    receiver.behaviour = status(410)
+    answer = asyncio.Event()  # the 410 comes once both messages are in
+
+    async def gone_when_told(request: web.Request) -> web.StreamResponse:
+        await answer.wait()
+        return web.Response(status=410)
+
+    receiver.behaviour = gone_when_told
     _, key = await new_tenant(client)
     endpoint = await new_endpoint(client, key, receiver.url, max_in_flight=1)
 
     first = await send(client, key)
     second = await send(client, key)
+    answer.set()
     gone = await settled(client, key, first["id"], "dead")
     waiting = await settled(client, key, second["id"], "dead")
 

@@ -146,6 +146,7 @@ class Mailbox:
     received: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str | None, list[str]]] = field(default_factory=list)
     servers: list[SmtpServer] = field(default_factory=list)
+    data_delay_s: float = 0.0
 
     @property
     def connections(self) -> int:
@@ -185,6 +186,7 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(self.data_delay_s)
         scripted = self._play("DATA", server)
         if scripted is not None:
             return scripted
@@ -609,3 +611,22 @@ async def test_a_new_template_has_its_lookup_series_at_zero(client: httpx.AsyncC
     assert await lookups_counted(client, "welcome", "error", "breaker_open") == 0.0
     assert await lookups_counted(client, "welcome", "found") == 0.0
     assert await lookups_counted(client, "welcome", "not_found") == 0.0
+
+
+async def test_an_attempt_is_cut_off_at_the_request_timeout_and_retried(
+    smtp_client: httpx.AsyncClient, mailbox: Mailbox
+) -> None:
+    """An SMTP server that takes 3 s to accept (the tests' request timeout is 2 s, the
+    SMTP client's own 5 s): the attempt ends as a timeout within the bound, so it
+    cannot run past its lease, and the email is retried."""
+    _, key = await new_tenant(smtp_client)
+    await create_template(smtp_client, key)
+    mailbox.data_delay_s = 3.0
+
+    email_id = await send_email(smtp_client, key)
+    found = await settled_email(smtp_client, key, email_id, "retrying")
+
+    [attempt] = found["attempts"]
+    assert attempt["error"].startswith("timeout")
+    assert 1900 <= attempt["duration_ms"] < 2900
+    assert found["variant_reason"] == "not sent: the attempt timed out"

@@ -33,7 +33,7 @@ from datetime import datetime
 import orjson
 import structlog
 
-from tidings.channels.webhook import Channel, WebhookRequest
+from tidings.channels.webhook import Channel, Sent, WebhookRequest
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
@@ -282,15 +282,32 @@ class Dispatcher:
             self._start(job.endpoint_id)
             self.wake()
 
+    async def _send(
+        self, endpoint: Endpoint, job: Claimed, started_at: datetime
+    ) -> tuple[Sent, Choice | None]:
+        """One attempt, bounded by the request timeout whatever it does: a job is
+        started only with that much of its lease left (see ``_start``), so an attempt
+        that ran on could be claimed and sent again while it is still running. An
+        email's attempt (lookup, SMTP pool, SMTP commands) has no other such bound."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.request_timeout.total_seconds()):
+                if endpoint.kind is EndpointKind.EMAIL:
+                    assert self._emails is not None, "an email lane needs the email sender"
+                    return await self._emails.send(endpoint, job, started_at)
+                request = WebhookRequest.of(endpoint, job, started_at)
+                return await self._channel.send(request, started_at), None
+        except TimeoutError:
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            outcome = Outcome(None, "timeout", detail="the attempt outlasted the request timeout")
+            choice = Choice(None, "not sent: the attempt timed out", None)
+            return Sent(outcome, elapsed_ms, None), (
+                choice if endpoint.kind is EndpointKind.EMAIL else None
+            )
+
     async def _attempt(self, endpoint: Endpoint, job: Claimed) -> AttemptResult:
         started_at = self._clock.now()
-        choice: Choice | None = None
-        if endpoint.kind is EndpointKind.EMAIL:
-            assert self._emails is not None, "an email lane needs the email sender"
-            sent, choice = await self._emails.send(endpoint, job, started_at)
-        else:
-            request = WebhookRequest.of(endpoint, job, started_at)
-            sent = await self._channel.send(request, started_at)
+        sent, choice = await self._send(endpoint, job, started_at)
         now = self._clock.now()
         number = job.attempts + 1
         decision = decide(
