@@ -79,7 +79,7 @@ class Tidings:
                 parse_smtp_url(settings.smtp_url.get_secret_value()),
                 message_id_domain=_domain(settings.email_from),
             )
-        emails = EmailSender(
+        self.emails = EmailSender(
             self.store,
             self.lookups,
             self.metrics,
@@ -88,7 +88,7 @@ class Tidings:
             message_id_domain=_domain(settings.email_from),
         )
         self.dispatcher = Dispatcher(
-            self.store, self.channel, settings, self.metrics, self.clock, rng, emails
+            self.store, self.channel, settings, self.metrics, self.clock, rng, self.emails
         )
         self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
         self.admin_token_hash = ""

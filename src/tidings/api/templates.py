@@ -112,6 +112,7 @@ async def _store(
             )
         raise _not_found(name)
     app.metrics.template_known(name)
+    app.emails.forget(tenant_id, name)
     return stored if create else await _get(app, tenant_id, name)
 
 
@@ -154,6 +155,7 @@ async def delete_template(name: Name, tenant_id: TenantId, app: App) -> Response
     """Delete a template; emails of it not yet sent fail (`email.failed`)."""
     if not await app.store.delete_template(tenant_id, name):
         raise _not_found(name)
+    app.emails.forget(tenant_id, name)
     return Response(status_code=204)
 
 

@@ -14,6 +14,7 @@ dead at once, and its ``email.failed`` callback says why.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,8 @@ from tidings.models import Claimed, Endpoint, SinkEmail
 from tidings.store.base import Store
 
 SINK_REPLY = "250 2.0.0 kept by the tidings mail sink"
+TEMPLATE_TTL_S = 1.0
+TEMPLATES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +63,33 @@ class EmailSender:
         self._smtp = smtp
         self._sender = sender
         self._domain = message_id_domain
+        self._templates: dict[tuple[str, str], tuple[float, templates.Template | None]] = {}
+
+    def forget(self, tenant_id: str, name: str) -> None:
+        """A template changed or was deleted (through this process's API)."""
+        self._templates.pop((tenant_id, name), None)
+
+    async def _template(self, tenant_id: str, name: str) -> templates.Template | None:
+        """The template as stored, read again at most every ``TEMPLATE_TTL_S``: a change
+        made through another process takes effect within that time."""
+        now = time.monotonic()
+        cached = self._templates.get((tenant_id, name))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        stored = await self._store.get_template(tenant_id, name)
+        template = None if stored is None else template_of(stored)
+        if len(self._templates) >= TEMPLATES_KEPT:
+            self._templates.clear()
+        self._templates[(tenant_id, name)] = (now + TEMPLATE_TTL_S, template)
+        return template
 
     async def send(self, lane: Endpoint, job: Claimed, now: datetime) -> tuple[Sent, Choice]:
         """Attempt the email of ``job``, claimed from the email lane ``lane``."""
         request = orjson.loads(job.payload)
         tenant_id = lane.tenant_id
-        stored = await self._store.get_template(tenant_id, request["template"])
-        if stored is None:
+        template = await self._template(tenant_id, request["template"])
+        if template is None:
             return _refused(f"the template {request['template']!r} was deleted"), _NONE
-        template = template_of(stored)
         values: dict[str, Any] = {**request.get("personalisation", {}), "to": request["to"]}
         try:
             choice = await self._choose(tenant_id, template, values)
