@@ -229,3 +229,27 @@ async def settled(
 
     await wait_for(check)
     return found
+
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, fragment: str) -> dict[str, Any]:
+    """``response`` is an RFC 9457 problem document of ``status`` whose detail says ``fragment``."""
+    context = (
+        f"{response.request.method} {response.request.url} -> "
+        f"{response.status_code} {response.text[:600]}"
+    )
+    assert response.status_code == status, context
+    media_type = response.headers.get("content-type", "").split(";")[0].strip()
+    assert media_type == PROBLEM, context
+    body = response.json()
+    assert isinstance(body, dict), context
+    assert {"type", "title", "status", "detail"} <= body.keys(), context
+    assert body["status"] == status, context
+    for name in ("type", "title"):
+        assert isinstance(body[name], str), context
+        assert body[name], context
+    assert isinstance(body["detail"], str), context
+    assert fragment.lower() in body["detail"].lower(), context
+    return body

@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from support import Receiver, admin, bearer, new_endpoint, new_tenant, send
+from support import Receiver, admin, assert_problem, bearer, new_endpoint, new_tenant, send
 from tidings import ids
 
-PROBLEM = "application/problem+json"
 LIMIT = 256 * 1024  # the default max_body_bytes
 
 MISSING_EP = ids.new_id(ids.ENDPOINT)
@@ -28,27 +27,6 @@ MISSING_MSG = ids.new_id(ids.MESSAGE)
 MISSING_TNT = ids.new_id(ids.TENANT)
 
 UNSET: Any = object()
-
-
-def assert_problem(response: httpx.Response, status: int, fragment: str) -> dict[str, Any]:
-    """``response`` is an RFC 9457 problem document of ``status`` whose detail says ``fragment``."""
-    context = (
-        f"{response.request.method} {response.request.url} -> "
-        f"{response.status_code} {response.text[:600]}"
-    )
-    assert response.status_code == status, context
-    media_type = response.headers.get("content-type", "").split(";")[0].strip()
-    assert media_type == PROBLEM, context
-    body = response.json()
-    assert isinstance(body, dict), context
-    assert {"type", "title", "status", "detail"} <= body.keys(), context
-    assert body["status"] == status, context
-    for name in ("type", "title"):
-        assert isinstance(body[name], str), context
-        assert body[name], context
-    assert isinstance(body["detail"], str), context
-    assert fragment.lower() in body["detail"].lower(), context
-    return body
 
 
 @dataclass(frozen=True)

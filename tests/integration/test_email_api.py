@@ -20,10 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from support import admin, bearer, new_endpoint, new_tenant, wait_for
+from support import admin, assert_problem, bearer, new_tenant, wait_for
 from tidings import ids
 
-PROBLEM = "application/problem+json"
 LIMIT = 256 * 1024  # the default max_body_bytes
 
 TEMPLATES = "/v1/templates"
@@ -48,27 +47,6 @@ LOOKUP: dict[str, Any] = {"url": "http://127.0.0.1:9/people?email={{ to }}", "se
 
 MISSING_EML = ids.new_id(ids.EMAIL)
 UNSET: Any = object()
-
-
-def assert_problem(response: httpx.Response, status: int, fragment: str) -> dict[str, Any]:
-    """``response`` is an RFC 9457 problem document of ``status`` whose detail says ``fragment``."""
-    context = (
-        f"{response.request.method} {response.request.url} -> "
-        f"{response.status_code} {response.text[:600]}"
-    )
-    assert response.status_code == status, context
-    media_type = response.headers.get("content-type", "").split(";")[0].strip()
-    assert media_type == PROBLEM, context
-    body = response.json()
-    assert isinstance(body, dict), context
-    assert {"type", "title", "status", "detail"} <= body.keys(), context
-    assert body["status"] == status, context
-    for name in ("type", "title"):
-        assert isinstance(body[name], str), context
-        assert body[name], context
-    assert isinstance(body["detail"], str), context
-    assert fragment.lower() in body["detail"].lower(), context
-    return body
 
 
 @dataclass(frozen=True)
@@ -177,17 +155,6 @@ async def delivered(client: httpx.AsyncClient, key: str, email_id: str) -> dict[
     return found
 
 
-async def nudge_dispatcher(client: httpx.AsyncClient, key: str) -> None:
-    """Make the dispatcher re-read its endpoints now.
-
-    A tenant's first email creates the tenant's email lane, but the dispatcher is not
-    told (see ``test_a_tenants_first_email_is_sent_at_once``) and would find the lane
-    only at its next idle wake-up, 5 s later. Registering an endpoint tells it. This
-    endpoint is sent nothing: no event is of its type.
-    """
-    await new_endpoint(client, key, "https://hooks.example/never", event_types=["never.sent"])
-
-
 async def create_template(
     client: httpx.AsyncClient, key: str, template: dict[str, Any]
 ) -> dict[str, Any]:
@@ -207,7 +174,6 @@ async def make_world(client: httpx.AsyncClient, name: str = "acme") -> World:
     )
     assert response.status_code == 202, response.text
     email_id = response.json()["id"]
-    await nudge_dispatcher(client, key)
     email = await delivered(client, key, email_id)
     assert email["subject"] == "Please confirm, Ada"
     return World(client, tenant_id, key, email_id, [email_id])
