@@ -86,6 +86,7 @@ class Tidings:
             smtp=self.smtp,
             sender=settings.email_from,
             message_id_domain=_domain(settings.email_from),
+            lookup_budget_s=settings.request_timeout.total_seconds() / 2,
         )
         self.dispatcher = Dispatcher(
             self.store, self.channel, settings, self.metrics, self.clock, rng, self.emails

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -261,3 +262,19 @@ async def test_the_first_entry_of_a_schedule_delays_the_first_attempt(
         delivery["created_at"]
     )
     assert delay == timedelta(hours=1)
+
+
+async def test_a_schedule_that_delays_the_first_attempt_is_kept_to_time(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """The first entry delays even the first attempt; the dispatcher wakes for it
+    rather than at its idle safety net (5 s)."""
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, retry_schedule=[1])
+    await asyncio.sleep(0.2)  # the dispatcher has read its endpoints and gone to sleep
+
+    sent_at = time.monotonic()
+    await send(client, key)
+    await wait_for(lambda: len(receiver.received) == 1, within=3.5)
+
+    assert 0.7 <= receiver.received[0].at - sent_at < 2.5

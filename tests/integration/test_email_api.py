@@ -1342,3 +1342,13 @@ async def test_a_tenants_first_email_is_sent_at_once(client: httpx.AsyncClient) 
         return bool(email.json()["status"] == "delivered")
 
     await wait_for(sent, within=2.0)
+
+
+async def test_a_reference_with_a_control_character_is_a_422(world: World) -> None:
+    await refuse_all(
+        world,
+        [
+            Bad("POST", EMAILS, 422, "reference", json={**SEND, "reference": bad})
+            for bad in ("line\nbreak", "carriage\rreturn", "nul\x00", "tab\there")
+        ],
+    )

@@ -615,3 +615,8 @@ def test_settings_never_show_the_password() -> None:
     assert settings.password == SECRET
     assert SECRET not in repr(settings)
     assert replace(settings, password=None).password is None
+
+
+def test_starttls_may_be_written_as_1_or_0() -> None:
+    assert parse_smtp_url("smtp://mail.example.com?starttls=1").tls == "starttls"
+    assert parse_smtp_url("smtp://mail.example.com?starttls=0").tls == "none"

@@ -20,6 +20,8 @@ from tidings.models import (
     Claimed,
     DeliveryFilter,
     DeliveryState,
+    EmailOutcome,
+    EmailRequest,
     NewMessage,
     ReplaySelector,
     Tenant,
@@ -292,3 +294,47 @@ async def test_release_returns_unstarted_claims_and_ends_those_of_gone_endpoints
     states = {d.endpoint_id: (d.state, d.dead_reason) for d in page.items}
     assert states[kept] == (DeliveryState.PENDING, None)
     assert states[deleted] == (DeliveryState.DEAD, "deleted: the endpoint was deleted")
+
+
+async def test_a_late_email_result_settles_nothing_and_publishes_no_callback(
+    store: Store,
+) -> None:
+    """The first claim's lease ran out and the email was claimed again: the first
+    attempt's result is kept as an attempt, but neither the email nor its callback
+    follow it; the second's do."""
+    tenant_id = await _tenant(store)
+    await _endpoint(store, tenant_id, event_types=("email.failed", "email.delivered"))
+    request = EmailRequest("ada@example.com", "confirm")
+    [accepted] = await _accept(store, NewMessage(tenant_id, "email", b"{}", None, "h", request))
+    [(delivery_id, lane_id)] = accepted.deliveries
+
+    first_lease = NOW + timedelta(seconds=60)
+    [first] = await store.claim({lane_id: 1}, NOW, first_lease)
+    later = first_lease + timedelta(seconds=1)
+    assert await store.reclaim_expired_leases(later) == 1
+    second_lease = later + timedelta(seconds=60)
+    [second] = await store.claim({lane_id: 1}, later, second_lease)
+
+    def result(job: Claimed, state: DeliveryState, event: str) -> AttemptResult:
+        callback = NewMessage(tenant_id, event, b'{"by": "%s"}' % event.encode(), None, "")
+        outcome = EmailOutcome(job.message_id, None, "no lookup", event, None, callback)
+        attempt = Attempt(ids.new_id(ids.ATTEMPT), delivery_id, 1, later, 1.0, 250, None, "")
+        reason = "rejected: SMTP 550" if state is DeliveryState.DEAD else None
+        return AttemptResult(
+            delivery_id, lane_id, attempt, state, None, reason, job.lease_until, email=outcome
+        )
+
+    await store.record_results([result(first, DeliveryState.DEAD, "email.failed")], later)
+    detail = await store.get_email(tenant_id, accepted.message_id)
+    assert detail is not None
+    assert detail.email.subject is None  # untouched by the late result
+    assert detail.message.deliveries[0].state is DeliveryState.IN_FLIGHT
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
+    assert [d.message_id for d in page.items] == [accepted.message_id]  # no callback
+
+    await store.record_results([result(second, DeliveryState.SUCCEEDED, "email.delivered")], later)
+    detail = await store.get_email(tenant_id, accepted.message_id)
+    assert detail is not None
+    assert detail.email.subject == "email.delivered"
+    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
+    assert len(page.items) == 2  # the email's and its callback's

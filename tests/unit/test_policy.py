@@ -502,3 +502,9 @@ def test_a_permanent_failure_without_a_reply_names_its_error_and_why() -> None:
     )
     decision = _decide(outcome, attempt=1)
     assert decision.reason == "rejected: unsendable: the template 'confirm' was deleted"
+
+
+def test_an_smtp_410_is_not_http_gone() -> None:
+    decision = _decide(Outcome(410, protocol="SMTP"), attempt=1)
+    assert decision.verdict is Verdict.RETRY
+    assert not decision.disable_endpoint

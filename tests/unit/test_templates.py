@@ -397,6 +397,7 @@ def test_any_text_value_renders_verbatim(name: str) -> None:
         "{{ 1000000000 * 'a' }}",
         "{{ [1] * 10 ** 9 }}",
         "{{ 2 ** 100000 }}",
+        "{{ ((10 ** 1000) ** 1000) ** 3 }}",
         "{% for i in range(100000) %}{% for j in range(20) %}xxxxxxxx{% endfor %}{% endfor %}",
     ],
 )

@@ -30,7 +30,10 @@ class EmailIn(_In):
         default_factory=dict, description="The values the template's fields take."
     )
     reference: str | None = Field(
-        default=None, max_length=200, description="Yours; it comes back in the status callbacks."
+        default=None,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="Yours; it comes back in the status callbacks (no control characters).",
     )
 
 

@@ -212,9 +212,9 @@ def _flag(value: str | None, scheme: str) -> bool:
         raise ValueError(
             "SMTP URL starttls= does not apply to smtps://, which is TLS from the start"
         )
-    if value.lower() not in ("true", "false"):
-        raise ValueError("SMTP URL starttls= must be true or false")
-    return value.lower() == "true"
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError("SMTP URL starttls= must be true or false (or 1 or 0)")
+    return value.lower() in ("true", "1")
 
 
 def _sender(value: str | None) -> str | None:

@@ -28,7 +28,7 @@ import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 import structlog
@@ -105,8 +105,14 @@ class Dispatcher:
         """New or changed work: look again now (and read the endpoints again if
         ``endpoint_ids`` names one this dispatcher has not seen yet, such as a
         tenant's email lane made by its first email)."""
-        if any(e not in self._endpoints for e in endpoint_ids):
-            self._endpoints_read_at = -1e9
+        for endpoint_id in endpoint_ids:
+            endpoint = self._endpoints.get(endpoint_id)
+            if endpoint is None:
+                self._endpoints_read_at = -1e9
+            elif endpoint.retry_schedule and endpoint.retry_schedule[0] > 0:
+                # Its schedule delays even the first attempt: wake up for that.
+                first = timedelta(seconds=endpoint.retry_schedule[0])
+                self._expect(self._clock.now() + first)
         self._wakeup.set()
 
     def endpoints_changed(self) -> None:

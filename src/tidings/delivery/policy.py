@@ -214,7 +214,7 @@ def _final(outcome: Outcome) -> Decision | None:
         separator = " " if outcome.status is not None else ": "
         detail = f"{separator}{outcome.detail}" if outcome.detail else ""
         return Decision(Verdict.DEAD, reason=f"rejected: {outcome.summary}{detail}")
-    if outcome.status == 410:
+    if outcome.status == 410 and outcome.protocol == "HTTP":
         return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
     return None
 

@@ -56,6 +56,7 @@ class EmailSender:
         smtp: SmtpChannel | None,
         sender: str,
         message_id_domain: str,
+        lookup_budget_s: float,
     ) -> None:
         self._store = store
         self._lookups = lookups
@@ -63,6 +64,9 @@ class EmailSender:
         self._smtp = smtp
         self._sender = sender
         self._domain = message_id_domain
+        # A lookup may use at most this much of an attempt (which is bounded by the
+        # request timeout), so it ends, and counts towards its breaker, on its own.
+        self._lookup_budget_ms = max(int(lookup_budget_s * 1000), 1)
         self._templates: dict[tuple[str, str], tuple[float, templates.Template | None]] = {}
 
     def forget(self, tenant_id: str, name: str) -> None:
@@ -134,7 +138,7 @@ class EmailSender:
             f"{tenant_id}/{template.name}",
             url,
             lookup.select,
-            lookup.timeout_ms,
+            min(lookup.timeout_ms, self._lookup_budget_ms),
             template.variants.keys(),
         )
         self._metrics.looked_up(template.name, result)

@@ -82,6 +82,7 @@ MIN_TIMEOUT_MS: Final = 1
 MAX_TIMEOUT_MS: Final = 10_000
 MAX_REPEAT: Final = 100_000  # the longest string or list ``*`` may build
 MAX_EXPONENT: Final = 1_000
+MAX_POWER_BITS: Final = 100_000  # the largest integer ``**`` may build, in bits
 MAX_RENDERED: Final = 1_000_000  # characters a part may render to
 """The longest lookup timeout a template may ask for, in milliseconds."""
 
@@ -170,8 +171,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and _number(right) and abs(right) > MAX_EXPONENT:
-            raise SecurityError(f"an exponent over {MAX_EXPONENT} is not allowed")
+        if operator == "**" and _number(right) and _number(left):
+            bits = max(abs(int(left)), 2).bit_length() * abs(right)
+            if abs(right) > MAX_EXPONENT or bits > MAX_POWER_BITS:
+                raise SecurityError("a power that large is not allowed")
         if operator == "*":
             size, times = (left, right) if _number(right) else (right, left)
             if _number(times) and hasattr(size, "__len__") and len(size) * times > MAX_REPEAT:

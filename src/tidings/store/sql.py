@@ -1,10 +1,12 @@
 """The Store on SQLAlchemy Core: one query layer for SQLite and, later, PostgreSQL.
 
 Every store call is one transaction written as a plain synchronous function
-(``_<name>_tx``) and run whole in a worker thread; the async methods of the
-:class:`~tidings.store.base.Store` contract at the end of the class only hand
-it over. Backend specifics (connection pragmas, flush levels) live in
-subclasses; everything else is here.
+(``_<name>_tx``) and run whole in a worker thread (or, for a backend that
+allows it, a hot-path write inline: see ``_writing_hot``); the async methods of
+the :class:`~tidings.store.base.Store` contract at the end of the class only
+hand it over. Backend specifics (connection pragmas, flush levels, the
+engine's hot paths in the driver's own SQL) live in subclasses; everything
+else is here.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class SqlStore(Store):
     """The Store on SQLAlchemy Core; each transaction is one synchronous function.
 
     A transaction runs whole in a worker thread: writes on the one writer
-    thread (so they are serialised, as SQLite needs), reads on a small pool.
+    thread (so they are serialised, as SQLite needs), reads on a small pool;
+    a hot-path write may run inline instead, under the same write lock.
     One hand-off per transaction instead of one per statement is what makes
     SQLite fast here: a claim costs a fraction of a millisecond, not several.
     """

@@ -19,7 +19,7 @@ the event loop's thread when no other write is under way, since such a
 transaction (no fsync) takes less time than handing it to a thread, and an
 in-flight slot is held until its result is committed. That connection never
 checkpoints the WAL as it commits (a checkpoint fsyncs); the writer thread
-does, every ``CHECKPOINT_EVERY`` of its commits.
+does, every ``CHECKPOINT_EVERY`` commits of it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class SqliteStore(SqlStore):
             self._hot_conn = None
         super()._close_tx()
 
-    # the hot paths: plain SQL, on the writer thread ------------------------------------
+    # the hot paths: plain SQL, under the write lock (inline or on the writer thread) ---
 
     @contextlib.contextmanager
     def _hot(self) -> Iterator[sqlite3.Connection]:
@@ -89,10 +89,13 @@ class SqliteStore(SqlStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.rollback()
+                # After a failed COMMIT (disk full, I/O error) SQLite may keep the
+                # transaction, and with it the write lock, open: end it here.
+                if conn.in_transaction:
+                    conn.rollback()
                 raise
-            conn.execute("COMMIT")
             self._hot_commits += 1
             if self._hot_commits % CHECKPOINT_EVERY == 0:
                 self._writer.submit(self._locked, self._checkpoint)
@@ -154,16 +157,24 @@ class SqliteStore(SqlStore):
         with self._write(durable=False) as conn, _driver_errors():
             driver = conn.connection.driver_connection
             assert isinstance(driver, sqlite3.Connection)
-            ended = _apply_results(driver, results, now)
-            self._record_email_outcomes(conn, results, now)
+            applied: set[str] = set()
+            ended = _apply_results(driver, results, now, applied=applied)
+            # Only a result that still held its lease settles its email: a late one
+            # (the email was claimed again meanwhile) publishes no callback.
+            self._record_email_outcomes(conn, [r for r in results if r.delivery_id in applied], now)
         return ended
 
 
 def _apply_results(
-    conn: sqlite3.Connection, results: Sequence[AttemptResult], now: datetime
+    conn: sqlite3.Connection,
+    results: Sequence[AttemptResult],
+    now: datetime,
+    *,
+    applied: set[str] | None = None,
 ) -> int:
     """Write ``results`` in the open transaction of ``conn``; how many waiting deliveries
-    of endpoints found disabled ended."""
+    of endpoints found disabled ended. With ``applied``, the results are written one by
+    one and the ids of those that still held their lease are added to it."""
     now_us = to_micros(now)
     conn.executemany(
         _INSERT_ATTEMPT,
@@ -181,23 +192,26 @@ def _apply_results(
             for a in (r.attempt for r in results)
         ],
     )
-    conn.executemany(
-        _RESULT_UPDATE,
-        [
-            (
-                r.state.value,
-                to_micros(r.next_attempt_at),
-                r.attempt.status_code,
-                r.attempt.error,
-                r.dead_reason,
-                now_us if r.state is DeliveryState.SUCCEEDED else None,
-                now_us,
-                r.delivery_id,
-                to_micros(r.lease_until),
-            )
-            for r in results
-        ],
-    )
+    updates = [
+        (
+            r.state.value,
+            to_micros(r.next_attempt_at),
+            r.attempt.status_code,
+            r.attempt.error,
+            r.dead_reason,
+            now_us if r.state is DeliveryState.SUCCEEDED else None,
+            now_us,
+            r.delivery_id,
+            to_micros(r.lease_until),
+        )
+        for r in results
+    ]
+    if applied is None:
+        conn.executemany(_RESULT_UPDATE, updates)
+    else:
+        for result, update in zip(results, updates, strict=True):
+            if conn.execute(_RESULT_UPDATE, update).rowcount:
+                applied.add(result.delivery_id)
     gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
     conn.executemany(_DISABLE_ENDPOINT, [(GONE, now_us, e) for e in gone])
     # Retries of an endpoint disabled meanwhile (by a 410 here or earlier) would
