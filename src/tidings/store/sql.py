@@ -428,9 +428,7 @@ class SqlStore(Store):
             query = query.where(t.name > cursor)
         with self._read() as conn:
             rows = conn.execute(query).all()
-        page = [StoredTemplate(**row._asdict()) for row in rows]
-        more = len(page) > limit
-        return Page(tuple(page[:limit]), page[limit - 1].name if more else None)
+        return _page([StoredTemplate(**row._asdict()) for row in rows], limit, key="name")
 
     def _template_names_tx(self) -> list[str]:
         with self._read() as conn:
@@ -472,9 +470,7 @@ class SqlStore(Store):
             query = query.where(k.email_id < cursor)
         with self._read() as conn:
             rows = conn.execute(query).all()
-        found = [SinkEmail(**row._asdict()) for row in rows]
-        more = len(found) > limit
-        return Page(tuple(found[:limit]), found[limit - 1].email_id if more else None)
+        return _page([SinkEmail(**row._asdict()) for row in rows], limit, key="email_id")
 
     def _record_email_outcomes(
         self, conn: Connection, results: Sequence[AttemptResult], now: datetime
@@ -976,9 +972,10 @@ def _fields(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__slots__}
 
 
-def _page(items: list[T], limit: int) -> Page[T]:
-    """One page of ``items`` fetched with ``limit + 1``: the extra row says there is more."""
+def _page(items: list[T], limit: int, key: str = "id") -> Page[T]:
+    """One page of ``items`` fetched with ``limit + 1``: the extra row says there is more.
+    The cursor is the last item's ``key``."""
     more = len(items) > limit
     items = items[:limit]
-    cursor = getattr(items[-1], "id", None) if more and items else None
+    cursor = getattr(items[-1], key, None) if more and items else None
     return Page(items=tuple(items), next_cursor=cursor)
