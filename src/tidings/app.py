@@ -77,6 +77,7 @@ class Tidings:
         if settings.smtp_url is not None:
             self.smtp = SmtpChannel(
                 parse_smtp_url(settings.smtp_url.get_secret_value()),
+                max_connections=settings.smtp_connections,
                 message_id_domain=_domain(settings.email_from),
             )
         self.emails = EmailSender(

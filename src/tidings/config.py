@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     endpoint_max_in_flight: int = Field(default=10, ge=1, le=1000)
     # Email: without an SMTP URL, emails go to the embedded mail sink (GET /v1/sink/emails).
     smtp_url: SecretStr | None = None
+    smtp_connections: int = Field(default=10, ge=1, le=1000)
     email_from: str = Field(
         default="tidings@localhost", max_length=320, pattern=r"^[^@\s<>]+@[^@\s<>]+$"
     )

@@ -25,6 +25,9 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.secret_grace == timedelta(hours=24)
     assert settings.idempotency_ttl == timedelta(hours=24)
     assert settings.senders is None
+    assert settings.smtp_url is None
+    assert settings.smtp_connections == 10
+    assert settings.email_from == "tidings@localhost"
 
 
 @pytest.mark.parametrize(("cpus", "senders"), [(1, 0), (2, 2), (4, 4), (16, 4), (None, 0)])
@@ -64,3 +67,12 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, valu
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_bad_smtp_url_stops_the_start_without_showing_its_password() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(smtp_url="smtpx://user:hunter2@mail.example.com")
+
+    assert "smtp_url" in str(caught.value)
+    assert "smtp:// or smtps://" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -139,7 +139,11 @@ class Lookups:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._guard), ttl_dns_cache=10)
+        # No cap on connections here: each tenant's lane already bounds its lookups
+        # (10 at once), and a shared cap would let one tenant's hung CRM hold them all.
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._guard), ttl_dns_cache=10, limit=0
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             # No aiohttp timeouts: fetch bounds each lookup as a whole itself.
