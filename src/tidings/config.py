@@ -35,7 +35,13 @@ class Settings(BaseSettings):
     """Typed configuration of one tidings process."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TIDINGS_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="TIDINGS_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        # An error names the setting and what is wrong, never the value: it may
+        # hold a password (TIDINGS_SMTP_URL) or the admin token.
+        hide_input_in_errors=True,
     )
 
     database_url: str = "sqlite:///./tidings.db"
