@@ -37,6 +37,7 @@ from tidings.channels.webhook import Channel, Sent, WebhookRequest
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
+from tidings.delivery.circuit import Breaker, BreakerPolicy, CircuitState
 from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Outcome, Verdict, decide
 from tidings.delivery.ratelimit import TokenBucket
 from tidings.email.sending import Choice, EmailSender
@@ -57,7 +58,12 @@ from tidings.store.base import Store
 log = structlog.get_logger(__name__)
 
 ENDPOINT_REFRESH_S = 1.0
-IDLE_WAKEUP_S = 5.0  # a safety net: re-read the store at least this often when idle
+IDLE_WAKEUP_S = 5.0
+# Every endpoint's breaker (no policy of its own can be set yet): open after 5
+# failures in a row or half of 10+ in a minute, for 30 s, doubling to 10 min
+# while probes fail.
+BREAKER_POLICY = BreakerPolicy()
+CLOSED = CircuitState.CLOSED  # a safety net: re-read the store at least this often when idle
 
 _STATE_OF = {
     Verdict.SUCCEEDED: DeliveryState.SUCCEEDED,
@@ -94,6 +100,8 @@ class Dispatcher:
         self._throttled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rotation = itertools.count()
+        self._breakers: dict[str, Breaker] = {}
+        self._handed_back: list[Claimed] = []  # claimed, not to be sent: back to pending
         # The earliest future time a retry falls due or a lease runs out, when known.
         self._due: datetime | None = None
         self._due_known = False
@@ -137,8 +145,9 @@ class Dispatcher:
         Attempts still running after that are cancelled; their leases run out and
         the next process sends them again.
         """
-        waiting = [job for queue in self._ready.values() for job in queue]
+        waiting = [job for queue in self._ready.values() for job in queue] + self._handed_back
         self._ready.clear()
+        self._handed_back = []
         if waiting:
             await self._store.release(waiting, self._clock.now())
         if self._tasks:
@@ -180,6 +189,7 @@ class Dispatcher:
             if ready > endpoint.max_in_flight // 2:
                 continue
             take = 2 * endpoint.max_in_flight - self._in_flight[endpoint_id] - ready
+            take = min(take, self._breaker_room(endpoint_id))
             bucket = self._bucket(endpoint, now)
             if bucket:
                 take = min(take, bucket.available(now) - ready)
@@ -188,6 +198,20 @@ class Dispatcher:
                 slots[endpoint_id] = take
                 free_total -= take
         return slots
+
+    def _breaker_room(self, endpoint_id: str) -> int:
+        """How many deliveries the endpoint's breaker lets the dispatcher claim now:
+        any while it is closed, none while it is open, one (the probe) once the
+        cool-down has passed. An endpoint behind an open breaker gets no attempts,
+        so its deliveries wait as they are, spending none of their retries."""
+        breaker = self._breakers.get(endpoint_id)
+        if breaker is None or breaker.state is CircuitState.CLOSED:
+            return 1 << 30
+        busy = self._in_flight[endpoint_id] + len(self._ready[endpoint_id])
+        allowed, _ = breaker.allows(BREAKER_POLICY, self._clock.now())
+        if not allowed:
+            self._expect(_breaker_retry_at(breaker))
+        return 1 if allowed and not busy else 0
 
     def _start(self, endpoint_id: str) -> None:
         """Start ready deliveries of ``endpoint_id`` while it has free slots and tokens."""
@@ -206,6 +230,12 @@ class Dispatcher:
             if bucket and bucket.available(tick) < 1:
                 self._throttled.add(endpoint_id)
                 return
+            if not self._breaker_lets_one_go(endpoint_id):
+                # Claimed before the breaker opened: back to pending, as they were.
+                self._handed_back.extend(queue)
+                queue.clear()
+                self.wake()
+                return
             job = queue.popleft()
             if job.lease_until < fresh_until:
                 self._expect(job.lease_until)
@@ -219,6 +249,13 @@ class Dispatcher:
             task.add_done_callback(self._tasks.discard)
         self._throttled.discard(endpoint_id)
 
+    def _breaker_lets_one_go(self, endpoint_id: str) -> bool:
+        breaker = self._breakers.get(endpoint_id)
+        if breaker is None or breaker.state is CircuitState.CLOSED:
+            return True
+        allowed, self._breakers[endpoint_id] = breaker.allows(BREAKER_POLICY, self._clock.now())
+        return allowed
+
     def _bucket(self, endpoint: Endpoint, now: float) -> TokenBucket | None:
         rate = endpoint.rate_limit_per_s
         if not rate:
@@ -229,6 +266,9 @@ class Dispatcher:
         return bucket
 
     async def _claim_round(self) -> int:
+        if self._handed_back:
+            waiting, self._handed_back = self._handed_back, []
+            await self._store.release(waiting, self._clock.now())
         slots = self._slots(time.monotonic())
         if not slots:
             return 0
@@ -259,6 +299,10 @@ class Dispatcher:
         due = self._due
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
+        for breaker in self._breakers.values():
+            retry_at = _breaker_retry_at(breaker) if breaker.state is not CLOSED else None
+            if retry_at is not None:
+                timeout = min(timeout, max((retry_at - now).total_seconds(), 0.0))
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the wait ends, and shutdown would hang.
@@ -329,6 +373,7 @@ class Dispatcher:
         self._metrics.attempted(
             sent.outcome, decision, sent.duration_ms, job.message_created_at, now
         )
+        self._record_health(endpoint.id, sent.outcome, now)
         _log_outcome(endpoint, job, number, sent.outcome.summary, decision)
         attempt = Attempt(
             id=new_id(ATTEMPT),
@@ -352,6 +397,27 @@ class Dispatcher:
             email=None if choice is None else _email_outcome(endpoint, job, choice, decision, now),
         )
 
+    def _record_health(self, endpoint_id: str, outcome: Outcome, now: datetime) -> None:
+        """Feed an attempt's outcome to its endpoint's breaker. An answer, even a
+        refusal for good (an SMTP 5xx for one recipient), is a server that is up;
+        a failure status, a timeout or a refused connection is not; an address the
+        guard refused or an email that could not be built says nothing."""
+        if outcome.error in ("blocked", "unsendable", "invalid_message"):
+            return
+        before = self._breakers.get(endpoint_id, Breaker())
+        after = before.record(BREAKER_POLICY, outcome.succeeded or outcome.permanent, now)
+        if after == before:
+            return
+        self._breakers[endpoint_id] = after
+        if after.state is CircuitState.OPEN and before.state is not CircuitState.OPEN:
+            log.warning("breaker_opened", endpoint_id=endpoint_id, cool_down_s=_seconds(after))
+            self._expect(_breaker_retry_at(after))
+            # What waits to be sent to it goes back to pending, as it was.
+            self._handed_back.extend(self._ready.pop(endpoint_id, ()))
+        elif after.state is CircuitState.CLOSED and before.state is not CircuitState.CLOSED:
+            log.info("breaker_closed", endpoint_id=endpoint_id)
+            self.wake()
+
     async def _write_results(self, results: Sequence[AttemptResult]) -> list[None]:
         ended = await self._store.record_results(results, self._clock.now())
         for result in results:
@@ -365,6 +431,17 @@ class Dispatcher:
         if gone:
             self.endpoints_changed()
         return [None] * len(results)
+
+
+def _seconds(breaker: Breaker) -> float:
+    return (breaker.cool_down or BREAKER_POLICY.cool_down).total_seconds()
+
+
+def _breaker_retry_at(breaker: Breaker) -> datetime | None:
+    """When an open breaker (or a lost probe) lets the next attempt through."""
+    started = breaker.opened_at if breaker.state is CircuitState.OPEN else breaker.probe_at
+    cool_down = breaker.cool_down or BREAKER_POLICY.cool_down
+    return None if started is None else started + cool_down
 
 
 def _email_outcome(

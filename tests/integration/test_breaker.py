@@ -1,0 +1,79 @@
+"""Each endpoint's circuit breaker, in the engine, against a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from support import Receiver, delivery_states, new_endpoint, new_tenant, ok, send, status, wait_for
+from tidings.api.app import create_api
+from tidings.app import Tidings
+from tidings.clock import FakeClock
+from tidings.config import Settings
+
+IMMEDIATE_RETRIES = [0] * 20  # without a breaker: 20 attempts a message, at once
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime.now(UTC))
+
+
+@pytest.fixture
+async def held_time(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
+    """A tidings whose clock moves only when the test moves it."""
+    app = Tidings(make_settings(), clock=clock)
+    await app.start()
+    transport = httpx.ASGITransport(app=create_api(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
+        yield app, client
+    await app.stop()
+
+
+async def test_a_down_receiver_gets_a_bounded_number_of_attempts_then_one_probe(
+    held_time: tuple[Tidings, httpx.AsyncClient], clock: FakeClock, receiver: Receiver
+) -> None:
+    app, client = held_time
+    receiver.behaviour = status(503)
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, max_in_flight=2, retry_schedule=IMMEDIATE_RETRIES)
+
+    messages = [await send(client, key) for _ in range(10)]
+    await wait_for(lambda: len(receiver.received) >= 5)
+    await asyncio.sleep(1.0)  # would be 200 attempts by now without the breaker
+    while_open = len(receiver.received)
+    await asyncio.sleep(0.5)
+
+    # Five failures in a row open it; at most the two in flight then also finish.
+    assert 5 <= while_open <= 7
+    assert len(receiver.received) == while_open
+    states = await _states(client, key, messages)
+    assert states == {"pending"}  # waiting, none dead: no retries were spent
+
+    receiver.behaviour = ok
+    clock.advance(29)
+    app.dispatcher.wake()
+    await asyncio.sleep(0.3)
+    assert len(receiver.received) == while_open  # still cooling down
+
+    clock.advance(2)
+    app.dispatcher.wake()
+
+    async def all_succeeded() -> bool:
+        return await _states(client, key, messages) == {"succeeded"}
+
+    await wait_for(all_succeeded)
+    # One probe, then the other nine: no message was sent twice after the receiver
+    # came back.
+    assert len(receiver.received) == while_open + 10
+
+
+async def _states(client: httpx.AsyncClient, key: str, messages: list[dict[str, Any]]) -> set[str]:
+    return {s for m in messages for s in await delivery_states(client, key, m["id"])}
