@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from support import Receiver, delivery_states, new_endpoint, new_tenant, ok, send, status, wait_for
+from support import (
+    Receiver,
+    bearer,
+    delivery_states,
+    new_endpoint,
+    new_tenant,
+    ok,
+    send,
+    status,
+    wait_for,
+)
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.clock import FakeClock
@@ -43,7 +53,10 @@ async def test_a_down_receiver_gets_a_bounded_number_of_attempts_then_one_probe(
     app, client = held_time
     receiver.behaviour = status(503)
     _, key = await new_tenant(client)
-    await new_endpoint(client, key, receiver.url, max_in_flight=2, retry_schedule=IMMEDIATE_RETRIES)
+    endpoint = await new_endpoint(
+        client, key, receiver.url, max_in_flight=2, retry_schedule=IMMEDIATE_RETRIES
+    )
+    assert endpoint["breaker"] == {"state": "closed", "opened_at": None, "retry_at": None}
 
     messages = [await send(client, key) for _ in range(10)]
     await wait_for(lambda: len(receiver.received) >= 5)
@@ -56,6 +69,10 @@ async def test_a_down_receiver_gets_a_bounded_number_of_attempts_then_one_probe(
     assert len(receiver.received) == while_open
     states = await _states(client, key, messages)
     assert states == {"pending"}  # waiting, none dead: no retries were spent
+    shown = (await client.get(f"/v1/endpoints/{endpoint['id']}", headers=bearer(key))).json()
+    assert shown["breaker"]["state"] == "open"
+    opened_at = datetime.fromisoformat(shown["breaker"]["opened_at"])
+    assert datetime.fromisoformat(shown["breaker"]["retry_at"]) - opened_at == timedelta(seconds=30)
 
     receiver.behaviour = ok
     clock.advance(29)
@@ -73,6 +90,8 @@ async def test_a_down_receiver_gets_a_bounded_number_of_attempts_then_one_probe(
     # One probe, then the other nine: no message was sent twice after the receiver
     # came back.
     assert len(receiver.received) == while_open + 10
+    listed = (await client.get("/v1/endpoints", headers=bearer(key))).json()["data"]
+    assert listed[0]["breaker"]["state"] == "closed"
 
 
 async def _states(client: httpx.AsyncClient, key: str, messages: list[dict[str, Any]]) -> set[str]:

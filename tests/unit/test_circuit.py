@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -295,3 +295,17 @@ def test_never_allows_while_open_before_the_cool_down(
         assert breaker.cool_down is None or breaker.cool_down <= policy.max_cool_down
         if breaker.state is not CircuitState.CLOSED:
             assert breaker.recent == ()
+
+
+def test_retry_at_is_the_end_of_the_open_period_or_of_a_lost_probe() -> None:
+    policy = BreakerPolicy()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    breaker = Breaker()
+    assert breaker.retry_at(policy) is None
+    for n in range(policy.consecutive_failures):
+        breaker = breaker.record(policy, False, start + timedelta(seconds=n))
+    opened = start + timedelta(seconds=policy.consecutive_failures - 1)
+    assert breaker.retry_at(policy) == opened + timedelta(seconds=30)
+
+    _, probing = breaker.allows(policy, opened + timedelta(seconds=31))
+    assert probing.retry_at(policy) == opened + timedelta(seconds=61)

@@ -39,7 +39,7 @@ async def create_endpoint(body: EndpointIn, tenant_id: TenantId, app: App) -> En
     )
     await app.store.create_endpoint(endpoint)
     app.dispatcher.endpoints_changed()
-    return EndpointOut.of(endpoint)
+    return EndpointOut.of(endpoint, app.dispatcher.breaker(endpoint.id))
 
 
 @router.get("")
@@ -50,7 +50,8 @@ async def list_endpoints(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> PageOut[EndpointOut]:
     page = await app.store.list_endpoints(tenant_id, cursor=cursor, limit=limit)
-    return PageOut(data=[EndpointOut.of(e) for e in page.items], next_cursor=page.next_cursor)
+    found = [EndpointOut.of(e, app.dispatcher.breaker(e.id)) for e in page.items]
+    return PageOut(data=found, next_cursor=page.next_cursor)
 
 
 @router.get("/{endpoint_id}")
@@ -58,7 +59,7 @@ async def get_endpoint(endpoint_id: str, tenant_id: TenantId, app: App) -> Endpo
     endpoint = await app.store.get_endpoint(tenant_id, endpoint_id)
     if endpoint is None:
         raise _not_found(endpoint_id)
-    return EndpointOut.of(endpoint)
+    return EndpointOut.of(endpoint, app.dispatcher.breaker(endpoint.id))
 
 
 @router.patch("/{endpoint_id}")
@@ -107,7 +108,7 @@ async def _apply(
     if endpoint is None:
         raise _not_found(endpoint_id)
     app.dispatcher.endpoints_changed()
-    return EndpointOut.of(endpoint)
+    return EndpointOut.of(endpoint, app.dispatcher.breaker(endpoint.id))
 
 
 def _not_found(endpoint_id: str) -> NotFound:

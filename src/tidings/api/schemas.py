@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,7 @@ from pydantic import (
     JsonValue,
 )
 
+from tidings.delivery.circuit import Breaker, CircuitState
 from tidings.delivery.policy import validate_schedule
 from tidings.models import (
     Attempt,
@@ -113,6 +114,25 @@ class EndpointPatch(_In):
     retry_schedule: Schedule | None = None
 
 
+class BreakerOut(BaseModel):
+    state: Literal["closed", "open", "half_open"] = Field(
+        description="open: the endpoint gets no attempts until `retry_at`; half_open: "
+        "one probe is out."
+    )
+    opened_at: datetime | None
+    retry_at: datetime | None = Field(description="When the next probe may go.")
+
+    @classmethod
+    def of(cls, breaker: Breaker | None) -> BreakerOut:
+        if breaker is None or breaker.state is CircuitState.CLOSED:
+            return cls(state="closed", opened_at=None, retry_at=None)
+        return cls(
+            state=breaker.state.value,
+            opened_at=breaker.opened_at,
+            retry_at=breaker.retry_at(),
+        )
+
+
 class EndpointOut(BaseModel):
     id: str
     url: str
@@ -126,9 +146,10 @@ class EndpointOut(BaseModel):
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+    breaker: BreakerOut = Field(description="The endpoint's circuit breaker, as it is now.")
 
     @classmethod
-    def of(cls, ep: Endpoint) -> EndpointOut:
+    def of(cls, ep: Endpoint, breaker: Breaker | None = None) -> EndpointOut:
         return cls(
             id=ep.id,
             url=ep.url,
@@ -142,6 +163,7 @@ class EndpointOut(BaseModel):
             disabled_reason=ep.disabled_reason,
             created_at=ep.created_at,
             updated_at=ep.updated_at,
+            breaker=BreakerOut.of(breaker),
         )
 
 

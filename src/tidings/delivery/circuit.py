@@ -100,6 +100,15 @@ class Breaker:
     probe_at: datetime | None = None
     """HALF_OPEN: when the probe was let through."""
 
+    def retry_at(self, policy: BreakerPolicy | None = None) -> datetime | None:
+        """When the next attempt may go: the end of the open period, or of a lost
+        probe's wait. None while CLOSED (any time) or when that is not known."""
+        if self.state is CircuitState.CLOSED:
+            return None
+        started = self.opened_at if self.state is CircuitState.OPEN else self.probe_at
+        cool_down = self.cool_down or (policy or BreakerPolicy()).cool_down
+        return None if started is None else started + cool_down
+
     def allows(self, policy: BreakerPolicy, now: datetime) -> tuple[bool, Breaker]:
         """Whether an attempt may go at ``now``, and the breaker to keep.
 

@@ -62,8 +62,7 @@ IDLE_WAKEUP_S = 5.0
 # Every endpoint's breaker (no policy of its own can be set yet): open after 5
 # failures in a row or half of 10+ in a minute, for 30 s, doubling to 10 min
 # while probes fail.
-BREAKER_POLICY = BreakerPolicy()
-CLOSED = CircuitState.CLOSED  # a safety net: re-read the store at least this often when idle
+BREAKER_POLICY = BreakerPolicy()  # a safety net: re-read the store at least this often when idle
 
 _STATE_OF = {
     Verdict.SUCCEEDED: DeliveryState.SUCCEEDED,
@@ -199,6 +198,10 @@ class Dispatcher:
                 free_total -= take
         return slots
 
+    def breaker(self, endpoint_id: str) -> Breaker | None:
+        """The endpoint's breaker as this process knows it (None: never failed)."""
+        return self._breakers.get(endpoint_id)
+
     def _breaker_room(self, endpoint_id: str) -> int:
         """How many deliveries the endpoint's breaker lets the dispatcher claim now:
         any while it is closed, none while it is open, one (the probe) once the
@@ -210,7 +213,7 @@ class Dispatcher:
         busy = self._in_flight[endpoint_id] + len(self._ready[endpoint_id])
         allowed, _ = breaker.allows(BREAKER_POLICY, self._clock.now())
         if not allowed:
-            self._expect(_breaker_retry_at(breaker))
+            self._expect(breaker.retry_at(BREAKER_POLICY))
         return 1 if allowed and not busy else 0
 
     def _start(self, endpoint_id: str) -> None:
@@ -300,7 +303,7 @@ class Dispatcher:
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
         for breaker in self._breakers.values():
-            retry_at = _breaker_retry_at(breaker) if breaker.state is not CLOSED else None
+            retry_at = breaker.retry_at(BREAKER_POLICY)
             if retry_at is not None:
                 timeout = min(timeout, max((retry_at - now).total_seconds(), 0.0))
         try:
@@ -411,7 +414,7 @@ class Dispatcher:
         self._breakers[endpoint_id] = after
         if after.state is CircuitState.OPEN and before.state is not CircuitState.OPEN:
             log.warning("breaker_opened", endpoint_id=endpoint_id, cool_down_s=_seconds(after))
-            self._expect(_breaker_retry_at(after))
+            self._expect(after.retry_at(BREAKER_POLICY))
             # What waits to be sent to it goes back to pending, as it was.
             self._handed_back.extend(self._ready.pop(endpoint_id, ()))
         elif after.state is CircuitState.CLOSED and before.state is not CircuitState.CLOSED:
@@ -435,13 +438,6 @@ class Dispatcher:
 
 def _seconds(breaker: Breaker) -> float:
     return (breaker.cool_down or BREAKER_POLICY.cool_down).total_seconds()
-
-
-def _breaker_retry_at(breaker: Breaker) -> datetime | None:
-    """When an open breaker (or a lost probe) lets the next attempt through."""
-    started = breaker.opened_at if breaker.state is CircuitState.OPEN else breaker.probe_at
-    cool_down = breaker.cool_down or BREAKER_POLICY.cool_down
-    return None if started is None else started + cool_down
 
 
 def _email_outcome(
