@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,3 +97,35 @@ async def test_a_down_receiver_gets_a_bounded_number_of_attempts_then_one_probe(
 
 async def _states(client: httpx.AsyncClient, key: str, messages: list[dict[str, Any]]) -> set[str]:
     return {s for m in messages for s in await delivery_states(client, key, m["id"])}
+
+
+async def test_an_open_breaker_with_nothing_to_send_leaves_the_dispatcher_idle(
+    held_time: tuple[Tidings, httpx.AsyncClient], clock: FakeClock, receiver: Receiver
+) -> None:
+    """Past its cool-down, a breaker with no work waiting must not make the
+    dispatcher spin: the probe goes with the next delivery."""
+    app, client = held_time
+    receiver.behaviour = status(503)
+    _, key = await new_tenant(client)
+    await new_endpoint(client, key, receiver.url, max_in_flight=1, retry_schedule=[0] * 5)
+    message = await send(client, key)
+    await wait_for(lambda: len(receiver.received) == 5)  # 5 failures: open, and dead
+    await wait_for(lambda: _dead(client, key, message))
+    clock.advance(31)
+    app.dispatcher.wake()
+
+    cpu_before = time.process_time()
+    await asyncio.sleep(1.0)
+    assert time.process_time() - cpu_before < 0.3  # idle, not a busy loop
+
+    receiver.behaviour = ok
+    probe = await send(client, key)
+    await wait_for(lambda: _succeeded(client, key, probe))
+
+
+async def _dead(client: httpx.AsyncClient, key: str, message: dict[str, Any]) -> bool:
+    return await delivery_states(client, key, message["id"]) == ["dead"]
+
+
+async def _succeeded(client: httpx.AsyncClient, key: str, message: dict[str, Any]) -> bool:
+    return await delivery_states(client, key, message["id"]) == ["succeeded"]

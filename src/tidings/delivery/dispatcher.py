@@ -303,9 +303,11 @@ class Dispatcher:
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
         for breaker in self._breakers.values():
+            # A breaker whose wait is over lets its probe go with the next claim that
+            # finds work for it; only one still waiting needs waking up for.
             retry_at = breaker.retry_at(BREAKER_POLICY)
-            if retry_at is not None:
-                timeout = min(timeout, max((retry_at - now).total_seconds(), 0.0))
+            if retry_at is not None and retry_at > now:
+                timeout = min(timeout, (retry_at - now).total_seconds())
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the wait ends, and shutdown would hang.
