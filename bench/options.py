@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIOS = ("a", "b", "c", "d")  # the default set: what `make bench` runs
-KNOWN_SCENARIOS = (*SCENARIOS, "e")  # (e) emails runs only when asked for
+KNOWN_SCENARIOS = (*SCENARIOS, "e", "f")  # (e) emails and (f) a down receiver: when asked for
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 
@@ -56,12 +56,13 @@ def parse(argv: list[str] | None = None) -> Options:
         description="Benchmark tidings against a local nginx receiver (loopback only).",
     )
     add = parser.add_argument
-    add("--scenario", type=_scenarios, default=SCENARIOS, help="a,b,c,d,e (default: a,b,c,d)")
+    add("--scenario", type=_scenarios, default=SCENARIOS, help="a,b,c,d,e,f (default: a,b,c,d)")
     add(
         "--messages",
         type=int,
         default=20_000,
-        help="messages per run of a, b, c; emails for e, at most 5000 (20000)",
+        help="messages per run of a, b, c; emails for e, at most 5000; healthy messages for f, "
+        "at most 20000 (20000)",
     )
     add("--duration", type=float, default=20.0, help="seconds of load per run of d (20)")
     add("--concurrency", type=int, default=64, help="concurrent POSTs when pre-loading (64)")

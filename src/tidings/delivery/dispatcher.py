@@ -58,11 +58,11 @@ from tidings.store.base import Store
 log = structlog.get_logger(__name__)
 
 ENDPOINT_REFRESH_S = 1.0
-IDLE_WAKEUP_S = 5.0
+IDLE_WAKEUP_S = 5.0  # a safety net: re-read the store at least this often when idle
 # Every endpoint's breaker (no policy of its own can be set yet): open after 5
 # failures in a row or half of 10+ in a minute, for 30 s, doubling to 10 min
 # while probes fail.
-BREAKER_POLICY = BreakerPolicy()  # a safety net: re-read the store at least this often when idle
+BREAKER_POLICY = BreakerPolicy()
 
 _STATE_OF = {
     Verdict.SUCCEEDED: DeliveryState.SUCCEEDED,
