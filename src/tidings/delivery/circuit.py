@@ -145,16 +145,20 @@ class Breaker:
         consecutive = 0 if succeeded else self.consecutive + 1
         recent = self.recent
         if policy.failure_ratio is not None:
+            # Samples are in the order they were recorded, so those that left the
+            # window are at the front: slicing keeps this cheap on every attempt.
             horizon = now - policy.window
-            kept = [sample for sample in recent if sample[0] > horizon]
-            del kept[: max(0, len(kept) + 1 - policy.max_samples)]
-            kept.append((now, succeeded))
-            recent = tuple(kept)
+            start = 0
+            while start < len(recent) and recent[start][0] <= horizon:
+                start += 1
+            start = max(start, len(recent) + 1 - policy.max_samples)
+            recent = (*recent[start:], (now, succeeded))
         if not succeeded and (
             consecutive >= policy.consecutive_failures or _ratio_reached(policy, recent)
         ):
             return _opened(now, policy.cool_down)
-        return replace(self, consecutive=consecutive, recent=recent)
+        # CLOSED: the other fields keep what the last open period left.
+        return Breaker(self.state, consecutive, recent, self.opened_at, self.cool_down)
 
 
 def _opened(now: datetime, cool_down: timedelta) -> Breaker:

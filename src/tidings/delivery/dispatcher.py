@@ -411,15 +411,15 @@ class Dispatcher:
             return
         before = self._breakers.get(endpoint_id, Breaker())
         after = before.record(BREAKER_POLICY, outcome.succeeded or outcome.permanent, now)
-        if after == before:
-            return
         self._breakers[endpoint_id] = after
-        if after.state is CircuitState.OPEN and before.state is not CircuitState.OPEN:
-            log.warning("breaker_opened", endpoint_id=endpoint_id, cool_down_s=_seconds(after))
+        if after.state is before.state:
+            return
+        if after.state is CircuitState.OPEN:
+            log.warning("breaker_opened", endpoint_id=endpoint_id, retry_at=after.retry_at())
             self._expect(after.retry_at(BREAKER_POLICY))
             # What waits to be sent to it goes back to pending, as it was.
             self._handed_back.extend(self._ready.pop(endpoint_id, ()))
-        elif after.state is CircuitState.CLOSED and before.state is not CircuitState.CLOSED:
+        elif after.state is CircuitState.CLOSED:
             log.info("breaker_closed", endpoint_id=endpoint_id)
             self.wake()
 
@@ -436,10 +436,6 @@ class Dispatcher:
         if gone:
             self.endpoints_changed()
         return [None] * len(results)
-
-
-def _seconds(breaker: Breaker) -> float:
-    return (breaker.cool_down or BREAKER_POLICY.cool_down).total_seconds()
 
 
 def _email_outcome(
