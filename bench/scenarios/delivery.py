@@ -36,9 +36,13 @@ def _round(value: float | None) -> float | None:
 
 
 async def _preload(
-    ctx: Context, server: TidingsServer, key: str, event_type: Callable[[int], str]
+    ctx: Context,
+    server: TidingsServer,
+    key: str,
+    event_type: Callable[[int], str],
+    count: int | None = None,
 ) -> load.LoadStats:
-    count = ctx.options.messages
+    count = ctx.options.messages if count is None else count
     stats = await load.ingest(
         server.base,
         key,
@@ -59,19 +63,26 @@ async def backlog_drain(
     endpoints: Sequence[str],
     event_type: Callable[[int], str],
     expected: int,
+    *,
+    preload: int | None = None,
+    on_release: Callable[[], None] | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """Pre-load behind a rate limit, lift it, and time the delivery of the backlog.
 
     ``endpoints`` were created with ``rate_limit_per_s = HOLD_RATE``; ``expected``
     is the value of the succeeded counter once the backlog is delivered.
+    ``preload`` messages are sent (default ``--messages``); ``on_release`` is
+    called just before the limits are lifted.
     """
-    stats = await _preload(ctx, server, key, event_type)
+    stats = await _preload(ctx, server, key, event_type, preload)
     poller = Poller(server)
     cpu = ctx.cpu(server)
     polling = asyncio.create_task(poller.run(expected, within_s=60 + expected / 20))
     try:
         await ctx.settle()
         await poller.sampled()  # a baseline before the release
+        if on_release is not None:
+            on_release()
         cpu.start()
         released = time.monotonic()
         for endpoint_id in endpoints:
@@ -83,7 +94,7 @@ async def backlog_drain(
     measured = drain(poller.points, expected, released)
     metrics = await server.metrics()
     detail = {
-        "messages": ctx.options.messages,
+        "messages": stats.sent,
         "preload_per_s": round(stats.rate),
         "preload_s": round(stats.elapsed, 2),
         "delivered": measured.delivered,

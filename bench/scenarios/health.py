@@ -33,13 +33,11 @@ from typing import Any
 
 from aiohttp import web
 
-from bench import load
 from bench.context import Context
-from bench.measure import Poller, drain, per_second
 from bench.receivers import free_port
 from bench.results import Row, verdict
-from bench.scenarios.delivery import HOLD_RATE, describe_drain
-from bench.server import DEAD, RETRIED, TidingsServer
+from bench.scenarios.delivery import HOLD_RATE, backlog_drain, describe_drain
+from bench.server import TidingsServer
 
 HEALTHY_EVENT = "ok.x"
 DOWN_EVENT = "down.x"
@@ -143,7 +141,6 @@ async def _watch(
     endpoint_id: str,
     down: DownReceiver,
     released: float,
-    accepted: float,
 ) -> dict[str, Any]:
     """Let the beside run go on until ``WATCH_S`` after the release; what the down
     endpoint got and what became of its deliveries."""
@@ -157,7 +154,6 @@ async def _watch(
     metrics = await server.metrics()
     return {
         "watched_after_release_s": round(ended - released, 1),
-        "watched_after_accepted_s": round(ended - accepted, 1),
         "cpu_after_drain_pct_of_one_core": idle,
         "after_drain_s": round(ended - started, 1),
         "tidings_5xx_attempts": metrics.get(FIVE_XX, 0.0),
@@ -191,51 +187,19 @@ async def _measure(
             await server.patch_endpoint(key, down_id, {"retry_schedule": SCHEDULE})
             endpoints.append(down_id)
         received_before = down.received if down else 0
-        stats = await load.ingest(
-            server.base,
-            key,
-            event_type,
-            count=total,
-            concurrency=ctx.options.concurrency,
-            within_s=60 + total / 20,
+        marks: dict[str, float] = {}
+
+        def on_release() -> None:
+            marks["received"] = down.received if down else 0
+            marks["released"] = time.monotonic()
+
+        rate, detail = await backlog_drain(
+            ctx, server, key, endpoints, event_type, count, preload=total, on_release=on_release
         )
-        if stats.ok < total:
-            raise RuntimeError(f"pre-load: {stats.ok} of {total} accepted; errors {stats.errors}")
-        poller = Poller(server)
-        cpu = ctx.cpu(server)
-        polling = asyncio.create_task(poller.run(count, within_s=60 + count / 20))
-        try:
-            await ctx.settle()
-            await poller.sampled()  # a baseline before the release
-            received_at_release = down.received if down else 0
-            cpu.start()
-            released = time.monotonic()
-            for endpoint_id in endpoints:
-                await server.patch_endpoint(key, endpoint_id, {"rate_limit_per_s": None})
-            await polling
-        finally:
-            polling.cancel()
-        used = cpu.stop()
-        measured = drain(poller.points, count, released)
-        metrics = await server.metrics()
-        detail: dict[str, Any] = {
-            "messages": count,
-            "down_messages": total - count,
-            "preload_per_s": round(stats.rate),
-            "preload_s": round(stats.elapsed, 2),
-            "delivered": measured.delivered,
-            "steady_per_s": round(measured.rate),
-            "from_release_per_s": round(measured.from_release),
-            "first_delivery_after_release_s": round(measured.first_s, 2),
-            "drain_s": round(measured.seconds, 2),
-            "complete": measured.complete,
-            "retried": metrics.get(RETRIED, 0.0),
-            "dead": metrics.get(DEAD, 0.0),
-            "cpu_pct_of_one_core": used,
-            "per_second": per_second(poller.points, released, count),
-        }
+        detail["down_messages"] = total - count
+        released, received_at_release = marks["released"], int(marks["received"])
         if down is not None and down_id is not None:
-            detail.update(await _watch(ctx, server, key, down_id, down, released, stats.finished))
+            detail.update(await _watch(ctx, server, key, down_id, down, released))
             after = [round(t - released, 2) for t in down.times[received_before:]]
             detail["down_attempts"] = {
                 "total": down.received - received_before,
@@ -245,7 +209,7 @@ async def _measure(
                 "burst_s": BURST_S,
                 "later_at_s_after_release": [t for t in after if t >= BURST_S],
             }
-    return measured.rate, detail
+    return rate, detail
 
 
 def _describe_down(detail: dict[str, Any]) -> str:
@@ -303,7 +267,6 @@ async def run(ctx: Context) -> list[Row]:
                 "tidings_5xx_attempts": beside_detail["tidings_5xx_attempts"],
                 "breaker_at_end": beside_detail["breaker_at_end"],
                 "watched_after_release_s": beside_detail["watched_after_release_s"],
-                "watched_after_accepted_s": beside_detail["watched_after_accepted_s"],
             },
         ),
         Row(
