@@ -253,3 +253,61 @@ def assert_problem(response: httpx.Response, status: int, fragment: str) -> dict
     assert isinstance(body["detail"], str), context
     assert fragment.lower() in body["detail"].lower(), context
     return body
+
+
+UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One request that must be refused with ``status`` and a detail containing ``fragment``.
+
+    ``path`` may name placeholders the test's world fills in (``{endpoint_id}``,
+    ``{name}``, ...). ``auth`` is ``"tenant"`` (the world's key), ``"admin"``,
+    ``"none"``, or a literal ``Authorization`` header value.
+    """
+
+    method: str
+    path: str
+    status: int
+    fragment: str
+    json: Any = UNSET
+    content: bytes | None = None
+    params: dict[str, Any] | None = None
+    auth: str = "tenant"
+    headers: dict[str, str] = field(default_factory=dict)
+    title: str | None = None
+
+
+def credentials(auth: str, key: str) -> dict[str, str]:
+    """The ``Authorization`` header ``Bad.auth`` names, with the tenant's ``key``."""
+    if auth == "tenant":
+        return bearer(key)
+    if auth == "admin":
+        return admin()
+    if auth == "none":
+        return {}
+    return {"authorization": auth}
+
+
+async def send_bad(
+    client: httpx.AsyncClient, bad: Bad, key: str, **placeholders: str
+) -> httpx.Response:
+    """Send ``bad``, its path filled in with ``placeholders``."""
+    headers = {**credentials(bad.auth, key), **bad.headers}
+    kwargs: dict[str, Any] = {}
+    if bad.json is not UNSET:
+        kwargs["json"] = bad.json
+    if bad.content is not None:
+        kwargs["content"] = bad.content
+        headers.setdefault("content-type", "application/json")
+    path = bad.path.format(**placeholders)
+    return await client.request(bad.method, path, headers=headers, params=bad.params, **kwargs)
+
+
+def assert_refused(response: httpx.Response, bad: Bad) -> dict[str, Any]:
+    """``response`` refuses ``bad`` as it should: its status, detail and title."""
+    body = assert_problem(response, bad.status, bad.fragment)
+    if bad.title is not None:
+        assert body["title"] == bad.title, response.text
+    return body

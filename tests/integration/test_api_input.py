@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from support import Receiver, admin, assert_problem, bearer, new_endpoint, new_tenant, send
+from support import (
+    Bad,
+    Receiver,
+    admin,
+    assert_problem,
+    assert_refused,
+    bearer,
+    new_endpoint,
+    new_tenant,
+    send,
+    send_bad,
+)
 from tidings import ids
 
 LIMIT = 256 * 1024  # the default max_body_bytes
@@ -25,29 +36,6 @@ LIMIT = 256 * 1024  # the default max_body_bytes
 MISSING_EP = ids.new_id(ids.ENDPOINT)
 MISSING_MSG = ids.new_id(ids.MESSAGE)
 MISSING_TNT = ids.new_id(ids.TENANT)
-
-UNSET: Any = object()
-
-
-@dataclass(frozen=True)
-class Bad:
-    """One request that must be refused with ``status`` and a detail containing ``fragment``.
-
-    ``path`` may name ``{endpoint_id}``, ``{message_id}`` and ``{tenant_id}`` of the world.
-    ``auth`` is ``"tenant"`` (the world's key), ``"admin"``, ``"none"``, or a literal
-    ``Authorization`` header value.
-    """
-
-    method: str
-    path: str
-    status: int
-    fragment: str
-    json: Any = UNSET
-    content: bytes | None = None
-    params: dict[str, Any] | None = None
-    auth: str = "tenant"
-    headers: dict[str, str] = field(default_factory=dict)
-    title: str | None = None
 
 
 @dataclass
@@ -60,30 +48,15 @@ class World:
     endpoint: dict[str, Any]
     message: dict[str, Any] | None
 
-    def headers_for(self, auth: str) -> dict[str, str]:
-        if auth == "tenant":
-            return bearer(self.key)
-        if auth == "admin":
-            return admin()
-        if auth == "none":
-            return {}
-        return {"authorization": auth}
-
     async def request(self, bad: Bad) -> httpx.Response:
-        path = bad.path.format(
+        message_id = self.message["id"] if self.message else MISSING_MSG
+        return await send_bad(
+            self.client,
+            bad,
+            self.key,
             endpoint_id=self.endpoint["id"],
-            message_id=self.message["id"] if self.message else MISSING_MSG,
+            message_id=message_id,
             tenant_id=self.tenant_id,
-        )
-        headers = {**self.headers_for(bad.auth), **bad.headers}
-        kwargs: dict[str, Any] = {}
-        if bad.json is not UNSET:
-            kwargs["json"] = bad.json
-        if bad.content is not None:
-            kwargs["content"] = bad.content
-            headers.setdefault("content-type", "application/json")
-        return await self.client.request(
-            bad.method, path, headers=headers, params=bad.params, **kwargs
         )
 
     async def _get(self, path: str, headers: dict[str, str], **params: Any) -> Any:
@@ -123,10 +96,7 @@ async def refuse_all(world: World, cases: Sequence[Bad]) -> None:
     before = await world.snapshot()
     assert before["endpoints"] == [world.endpoint["id"]]
     for bad in cases:
-        response = await world.request(bad)
-        body = assert_problem(response, bad.status, bad.fragment)
-        if bad.title is not None:
-            assert body["title"] == bad.title, response.text
+        assert_refused(await world.request(bad), bad)
         assert await world.snapshot() == before, f"{bad} changed what was already accepted"
 
 

@@ -14,13 +14,22 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from support import admin, assert_problem, bearer, new_tenant, wait_for
+from support import (
+    UNSET,
+    Bad,
+    assert_problem,
+    assert_refused,
+    bearer,
+    new_tenant,
+    send_bad,
+    wait_for,
+)
 from tidings import ids
 
 LIMIT = 256 * 1024  # the default max_body_bytes
@@ -46,28 +55,6 @@ SEND: dict[str, Any] = {
 LOOKUP: dict[str, Any] = {"url": "http://127.0.0.1:9/people?email={{ to }}", "select": "/tier"}
 
 MISSING_EML = ids.new_id(ids.EMAIL)
-UNSET: Any = object()
-
-
-@dataclass(frozen=True)
-class Bad:
-    """One request that must be refused with ``status`` and a detail containing ``fragment``.
-
-    ``path`` may name ``{name}`` (the world's template) and ``{email_id}`` (its email).
-    ``auth`` is ``"tenant"`` (the world's key), ``"admin"``, ``"none"``, or a literal
-    ``Authorization`` header value.
-    """
-
-    method: str
-    path: str
-    status: int
-    fragment: str
-    json: Any = UNSET
-    content: bytes | None = None
-    params: dict[str, Any] | None = None
-    auth: str = "tenant"
-    headers: dict[str, Any] = field(default_factory=dict)
-    title: str | None = None
 
 
 @dataclass
@@ -81,26 +68,9 @@ class World:
     email_id: str
     accepted: list[str]  # every email accepted, in order
 
-    def headers_for(self, auth: str) -> dict[str, str]:
-        if auth == "tenant":
-            return bearer(self.key)
-        if auth == "admin":
-            return admin()
-        if auth == "none":
-            return {}
-        return {"authorization": auth}
-
     async def request(self, bad: Bad) -> httpx.Response:
-        path = bad.path.format(name=CONFIRM["name"], email_id=self.email_id)
-        headers = {**self.headers_for(bad.auth), **bad.headers}
-        kwargs: dict[str, Any] = {}
-        if bad.json is not UNSET:
-            kwargs["json"] = bad.json
-        if bad.content is not None:
-            kwargs["content"] = bad.content
-            headers.setdefault("content-type", "application/json")
-        return await self.client.request(
-            bad.method, path, headers=headers, params=bad.params, **kwargs
+        return await send_bad(
+            self.client, bad, self.key, name=CONFIRM["name"], email_id=self.email_id
         )
 
     async def get(self, path: str, **params: Any) -> Any:
@@ -192,10 +162,7 @@ async def refuse_all(world: World, cases: Sequence[Bad]) -> None:
     assert before["template"]["text"] == CONFIRM["text"]
     await world.assert_sink_holds_exactly_the_accepted()
     for bad in cases:
-        response = await world.request(bad)
-        body = assert_problem(response, bad.status, bad.fragment)
-        if bad.title is not None:
-            assert body["title"] == bad.title, response.text
+        assert_refused(await world.request(bad), bad)
         assert await world.snapshot() == before, f"{bad} changed what was already accepted"
     # Nothing refused slipped into the sink, and the template still sends as it was.
     after = await world.send(reference="after the refusals")
