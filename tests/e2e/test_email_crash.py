@@ -17,11 +17,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +34,7 @@ from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
 from test_crash import LEASE_S, Server, api, poster
 
-from support import bearer, new_tenant, wait_for
+from support import bearer, free_port, leaves_nothing_open, new_tenant, wait_for
 from tidings.store.sql import EMAIL_LANE_MAX_IN_FLIGHT
 
 pytestmark = pytest.mark.slow
@@ -95,37 +92,17 @@ class Mailbox:
         return "250 2.0.0 OK queued"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _sockets() -> int:
-    """How many sockets this process has open (0 where there is no /proc)."""
-    found = 0
-    with contextlib.suppress(FileNotFoundError):
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(FileNotFoundError):  # the fd listdir itself used
-                found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _leaves_nothing_open() -> Iterator[None]:
     """The SMTP server's thread and every socket the test opened are gone when it ends."""
-    threads, sockets = set(threading.enumerate()), _sockets()
-    yield
-    left = [t.name for t in set(threading.enumerate()) - threads if t.name.startswith("Thread")]
-    assert left == [], f"threads left running: {left}"
-    assert _sockets() <= sockets, "sockets left open"
+    with leaves_nothing_open():
+        yield
 
 
 @pytest.fixture
 def smtp() -> Iterator[Controller]:
     """aiosmtpd on 127.0.0.1 in its own thread, with a :class:`Mailbox`; stopped after."""
-    controller = Controller(Mailbox(), hostname="127.0.0.1", port=_free_port())
+    controller = Controller(Mailbox(), hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield controller

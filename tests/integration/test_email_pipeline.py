@@ -9,14 +9,10 @@ lookup server is an aiohttp server whose answer each test picks.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import Any
 
 import httpx
@@ -25,16 +21,21 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SmtpServer
-from aiosmtpd.smtp import Envelope, Session
 
-from support import Receiver, bearer, new_endpoint, new_tenant, wait_for
+from support import (
+    DROP,
+    Mailbox,
+    Receiver,
+    SmtpController,
+    bearer,
+    new_endpoint,
+    new_tenant,
+    wait_for,
+)
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings
 
-DROP = "drop the connection"
 DEFAULT_FROM = "tidings@localhost"  # Settings.email_from when not set
 RETRY_WITHIN = 10.0  # the second attempt comes 5 s ±20% after the first
 
@@ -136,96 +137,6 @@ def event_of(received: Receiver) -> dict[str, Any]:
 
 
 # SMTP servers ----------------------------------------------------------------------------
-
-
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler: plays ``script``, keeps what it accepted."""
-
-    script: dict[str, list[str]] = field(default_factory=dict)
-    received: list[EmailMessage] = field(default_factory=list)
-    envelopes: list[tuple[str | None, list[str]]] = field(default_factory=list)
-    servers: list[SmtpServer] = field(default_factory=list)
-    data_delay_s: float = 0.0
-
-    @property
-    def connections(self) -> int:
-        return len(self.servers)
-
-    def next(self, command: str, *replies: str) -> None:
-        """Answer the next ``len(replies)`` ``command``s with ``replies``, in order."""
-        self.script.setdefault(command, []).extend(replies)
-
-    async def handle_MAIL(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
-        scripted = self._play("MAIL", server)
-        if scripted is not None:
-            return scripted
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        scripted = self._play("RCPT", server)
-        if scripted is not None:
-            return scripted
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
-        await asyncio.sleep(self.data_delay_s)
-        scripted = self._play("DATA", server)
-        if scripted is not None:
-            return scripted
-        assert isinstance(envelope.content, bytes)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.received.append(parsed)
-        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 2.0.0 OK queued"
-
-    def _play(self, command: str, server: SmtpServer) -> str | None:
-        replies = self.script.get(command)
-        if not replies:
-            return None
-        reply = replies.pop(0)
-        if reply == DROP:
-            assert server.transport is not None
-            server.transport.close()
-        return reply
-
-
-class SmtpController(Controller):
-    """An aiosmtpd server on 127.0.0.1 that records every session it serves."""
-
-    def __init__(self, mailbox: Mailbox) -> None:
-        super().__init__(mailbox, hostname="127.0.0.1", port=_free_port())
-        self.mailbox = mailbox
-
-    def factory(self) -> SmtpServer:
-        server = SmtpServer(self.handler, **self.SMTP_kwargs)
-        self.mailbox.servers.append(server)
-        return server
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -9,25 +9,18 @@ what it received and counts the connections it served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email
-import email.policy
-import os
-import socket
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from email.utils import format_datetime
 from random import Random
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from support import DROP, STALL, Mailbox, SmtpController, free_port, leaves_nothing_open
 from tidings.channels.email import (
     OutgoingEmail,
     SmtpChannel,
@@ -41,8 +34,6 @@ from tidings.delivery.policy import Verdict, decide
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DOMAIN = "mail.tidings.test"
 ENVELOPE_SENDER = "bounces@tidings.test"
-DROP = "drop the connection"
-STALL = "never answer"
 USER, PASSWORD = "tidings", "s3cret pass"
 
 
@@ -60,127 +51,11 @@ def an_email(**fields: Any) -> OutgoingEmail:
     return OutgoingEmail(**values)
 
 
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler: plays ``script``, keeps what it accepted."""
-
-    script: dict[str, list[str]] = field(default_factory=dict)
-    data_delay_s: float = 0.0
-    received: list[EmailMessage] = field(default_factory=list)
-    envelopes: list[tuple[str | None, list[str]]] = field(default_factory=list)
-    servers: list[SmtpServer] = field(default_factory=list)
-    quits: int = 0
-
-    @property
-    def connections(self) -> int:
-        return len(self.servers)
-
-    def next(self, command: str, *replies: str) -> None:
-        """Answer the next ``len(replies)`` ``command``s with ``replies``, in order."""
-        self.script.setdefault(command, []).extend(replies)
-
-    async def handle_MAIL(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
-        scripted = await self._play("MAIL", server)
-        if scripted is not None:
-            return scripted
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        scripted = await self._play("RCPT", server)
-        if scripted is not None:
-            return scripted
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
-        scripted = await self._play("DATA", server)
-        if scripted is not None:
-            return scripted
-        await asyncio.sleep(self.data_delay_s)
-        assert isinstance(envelope.content, bytes)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.received.append(parsed)
-        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 2.0.0 OK queued"
-
-    async def handle_QUIT(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
-        self.quits += 1
-        return "221 Bye"
-
-    async def _play(self, command: str, server: SmtpServer) -> str | None:
-        replies = self.script.get(command)
-        if not replies:
-            return None
-        reply = replies.pop(0)
-        if reply == DROP:
-            assert server.transport is not None
-            server.transport.close()
-        elif reply == STALL:
-            await asyncio.sleep(30)  # cancelled when the server stops
-        return reply
-
-
-class _Controller(Controller):
-    """Records every server-side session, so tests can count and close connections."""
-
-    def __init__(self, mailbox: Mailbox, **kwargs: Any) -> None:
-        super().__init__(mailbox, hostname="127.0.0.1", port=_free_port(), **kwargs)
-        self.mailbox = mailbox
-
-    def factory(self) -> SmtpServer:
-        server = SmtpServer(self.handler, **self.SMTP_kwargs)
-        self.mailbox.servers.append(server)
-        return server
-
-    def hang_up_all(self) -> None:
-        """Close every connection from the server side, as an idle timeout would."""
-        for server in self.mailbox.servers:
-            if server.transport is not None:
-                self.loop.call_soon_threadsafe(server.transport.close)
-
-
-def _sockets() -> int:
-    """How many sockets this process has open (0 where there is no /proc)."""
-    found = 0
-    with contextlib.suppress(FileNotFoundError):
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(FileNotFoundError):  # the fd listdir itself used
-                found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _leaves_nothing_open() -> Iterator[None]:
     """Every server thread and every socket a test opened is gone when it ends."""
-    threads, sockets = set(threading.enumerate()), _sockets()
-    yield
-    left = [t.name for t in set(threading.enumerate()) - threads if t.name.startswith("Thread")]
-    assert left == [], f"threads left running: {left}"
-    assert _sockets() <= sockets, "sockets left open"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    with leaves_nothing_open():
+        yield
 
 
 def _authenticate(
@@ -194,12 +69,12 @@ def _authenticate(
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., _Controller]]:
+def start_server() -> Iterator[Callable[..., SmtpController]]:
     """Start an SMTP server: ``start_server(**aiosmtpd SMTP options)``; all stopped after."""
-    started: list[_Controller] = []
+    started: list[SmtpController] = []
 
-    def start(**kwargs: Any) -> _Controller:
-        controller = _Controller(Mailbox(), **kwargs)
+    def start(**kwargs: Any) -> SmtpController:
+        controller = SmtpController(Mailbox(), **kwargs)
         controller.start()
         controller.mailbox.servers.clear()  # the controller's own start-up probe
         started.append(controller)
@@ -211,12 +86,12 @@ def start_server() -> Iterator[Callable[..., _Controller]]:
 
 
 @pytest.fixture
-def server(start_server: Callable[..., _Controller]) -> _Controller:
+def server(start_server: Callable[..., SmtpController]) -> SmtpController:
     return start_server()
 
 
 @pytest.fixture
-def mailbox(server: _Controller) -> Mailbox:
+def mailbox(server: SmtpController) -> Mailbox:
     return server.mailbox
 
 
@@ -256,7 +131,7 @@ async def make_channel() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def channel(server: _Controller, make_channel: Callable[..., Any]) -> SmtpChannel:
+async def channel(server: SmtpController, make_channel: Callable[..., Any]) -> SmtpChannel:
     found: SmtpChannel = await make_channel(settings_for(server.port))
     return found
 
@@ -312,7 +187,7 @@ async def test_two_sends_reuse_one_connection(channel: SmtpChannel, mailbox: Mai
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced(
-    channel: SmtpChannel, server: _Controller
+    channel: SmtpChannel, server: SmtpController
 ) -> None:
     assert (await channel.send(an_email(), NOW)).outcome.succeeded
     server.hang_up_all()
@@ -408,7 +283,7 @@ async def test_a_drop_on_a_reused_connection_is_retried_only_once(
 
 
 async def test_nothing_listening_is_connect_error(make_channel: Callable[..., Any]) -> None:
-    channel = await make_channel(settings_for(_free_port()))
+    channel = await make_channel(settings_for(free_port()))
 
     sent = await channel.send(an_email(), NOW)
 
@@ -419,7 +294,7 @@ async def test_nothing_listening_is_connect_error(make_channel: Callable[..., An
 
 
 async def test_a_server_that_does_not_answer_is_timeout(
-    server: _Controller, make_channel: Callable[..., Any]
+    server: SmtpController, make_channel: Callable[..., Any]
 ) -> None:
     channel = await make_channel(settings_for(server.port, timeout_s=0.3))
     server.mailbox.next("DATA", STALL)
@@ -434,7 +309,7 @@ async def test_a_server_that_does_not_answer_is_timeout(
 
 
 async def test_the_pool_never_opens_more_than_max_connections(
-    server: _Controller, make_channel: Callable[..., Any]
+    server: SmtpController, make_channel: Callable[..., Any]
 ) -> None:
     channel = await make_channel(settings_for(server.port), max_connections=2)
     server.mailbox.data_delay_s = 0.05
@@ -458,7 +333,7 @@ async def test_close_quits_idle_connections(channel: SmtpChannel, mailbox: Mailb
 
 
 async def test_login_when_a_user_name_is_set(
-    start_server: Callable[..., _Controller], make_channel: Callable[..., Any]
+    start_server: Callable[..., SmtpController], make_channel: Callable[..., Any]
 ) -> None:
     server = start_server(authenticator=_authenticate, auth_require_tls=False)
     good = await make_channel(settings_for(server.port, username=USER, password=PASSWORD))
@@ -478,7 +353,7 @@ async def test_login_when_a_user_name_is_set(
 
 
 async def test_starttls_is_required_when_asked_for(
-    server: _Controller, make_channel: Callable[..., Any]
+    server: SmtpController, make_channel: Callable[..., Any]
 ) -> None:
     # The test server offers no STARTTLS: the channel must not fall back to plain text.
     channel = await make_channel(settings_for(server.port, tls="starttls"))
