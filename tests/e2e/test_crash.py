@@ -26,14 +26,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
 import pytest
 from aiohttp import web
 
-from support import ADMIN_TOKEN, Received, Receiver, bearer, new_endpoint, new_tenant, wait_for
+from support import ADMIN_TOKEN, Receiver, bearer, new_endpoint, new_tenant, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -281,15 +281,18 @@ async def post_all(
     return ids
 
 
-def first_and_repeats(received: list[Received]) -> tuple[dict[str, Received], list[Received]]:
-    """Each message's first arrival, and every later arrival of a message (duplicates)."""
-    first: dict[str, Received] = {}
-    repeats: list[Received] = []
-    for item in received:
-        if item.webhook_id in first:
+T = TypeVar("T")
+
+
+def first_and_repeats(items: list[T], key: Callable[[T], str]) -> tuple[dict[str, T], list[T]]:
+    """Each ``key``'s first arrival, and every later arrival of one (duplicates)."""
+    first: dict[str, T] = {}
+    repeats: list[T] = []
+    for item in items:
+        if key(item) in first:
             repeats.append(item)
         else:
-            first[item.webhook_id] = item
+            first[key(item)] = item
     return first, repeats
 
 
@@ -353,7 +356,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_message(
         # that were committed just before the kill.
         assert set(state.values()) == {"succeeded"}, Counter(state.values())
 
-    first, repeats = first_and_repeats(receiver.received)
+    first, repeats = first_and_repeats(receiver.received, lambda r: r.webhook_id)
     # At-least-once, but not much more: a slot is released only after its attempt's result
     # is committed, so at the kill at most MAX_IN_FLIGHT attempts to the endpoint had been
     # sent without a committed result. Only those are sent again after the restart, so

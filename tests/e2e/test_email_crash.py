@@ -32,7 +32,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
-from test_crash import LEASE_S, Server, api, poster
+from test_crash import LEASE_S, Server, api, first_and_repeats, poster
 
 from support import bearer, free_port, leaves_nothing_open, new_tenant, wait_for
 from tidings.store.sql import EMAIL_LANE_MAX_IN_FLIGHT
@@ -241,18 +241,6 @@ async def statuses(session: aiohttp.ClientSession, key: str, ids: list[str]) -> 
     return found
 
 
-def first_and_repeats(arrivals: list[Arrival]) -> tuple[dict[str, Arrival], list[Arrival]]:
-    """Each Message-ID's first arrival, and every later arrival of one (duplicates)."""
-    first: dict[str, Arrival] = {}
-    repeats: list[Arrival] = []
-    for item in arrivals:
-        if item.message_id in first:
-            repeats.append(item)
-        else:
-            first[item.message_id] = item
-    return first, repeats
-
-
 # the scenario --------------------------------------------------------------------------
 
 
@@ -319,7 +307,7 @@ async def test_kill_9_while_sending_emails_loses_no_acknowledged_email(
         if a.reference in acked and a.message_id != message_id(acked[a.reference])
     ]
     assert wrong == []
-    first, repeats = first_and_repeats(arrivals)
+    first, repeats = first_and_repeats(arrivals, lambda a: a.message_id)
     # At most the lane's in-flight attempts had no committed result at the kill, and only
     # those are sent again: duplicates are bounded by the lane's cap per kill.
     assert len(repeats) <= EMAIL_LANE_MAX_IN_FLIGHT * 1, [r.message_id for r in repeats]
