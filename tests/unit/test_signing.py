@@ -9,15 +9,19 @@ from support import an_endpoint
 from tidings.channels.signing import new_secret, signature_headers
 from tidings.models import Endpoint
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+def _now() -> datetime:
+    """The time a signature is made at. The reference library checks it against the real
+    clock (5 minutes' tolerance), so each test takes it when it runs, not at import."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
-def _endpoint(previous: str | None, expires: datetime | None) -> Endpoint:
+def _endpoint(previous: str | None, expires: datetime | None, now: datetime) -> Endpoint:
     return an_endpoint(
         url="https://example.com/hook",
         previous_secret=previous,
         previous_secret_expires_at=expires,
-        now=NOW,
+        now=now,
     )
 
 
@@ -30,11 +34,12 @@ def test_new_secrets_are_distinct_whsec_strings() -> None:
 def test_headers_verify_with_the_reference_library() -> None:
     secret = new_secret()
     body = '{"type":"a","data":{}}'
+    now = _now()
 
-    headers = signature_headers([secret], "msg_1", NOW, body)
+    headers = signature_headers([secret], "msg_1", now, body)
 
     assert headers["webhook-id"] == "msg_1"
-    assert headers["webhook-timestamp"] == str(int(NOW.timestamp()))
+    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
     assert Webhook(secret).verify(body, headers) == {"type": "a", "data": {}}
     with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(body, headers)
@@ -43,13 +48,14 @@ def test_headers_verify_with_the_reference_library() -> None:
 
 
 def test_during_a_rotation_both_secrets_sign_and_after_it_only_the_new_one() -> None:
+    now = _now()
     old = new_secret()
-    endpoint = _endpoint(previous=old, expires=NOW + timedelta(hours=24))
+    endpoint = _endpoint(previous=old, expires=now + timedelta(hours=24), now=now)
     body = "{}"
 
-    during = signature_headers(endpoint.signing_secrets(NOW), "msg_1", NOW, body)
-    later = NOW + timedelta(hours=25)
-    after = signature_headers(endpoint.signing_secrets(later), "msg_1", NOW, body)
+    during = signature_headers(endpoint.signing_secrets(now), "msg_1", now, body)
+    later = now + timedelta(hours=25)
+    after = signature_headers(endpoint.signing_secrets(later), "msg_1", now, body)
 
     assert len(during["webhook-signature"].split(" ")) == 2
     Webhook(old).verify(body, during)
