@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,19 +13,48 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from support import ADMIN_TOKEN, Receiver
+from support import ADMIN_TOKEN, Receiver, migrate, postgres_server
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings
 
 
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated database that each test's own is copied from (see ``postgres_url``)."""
+    with postgres_server() as server:
+        name = server.create(template=None)
+        migrate(server.url_of(name))
+        yield name
+        server.drop(name)
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for a test: a fresh SQLite file, loopback allowed, a known admin token."""
+def postgres_url(postgres_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of this test's own."""
+    with postgres_server() as server:
+        name = server.create(template=postgres_template)
+        yield server.url_of(name)
+        server.drop(name)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store: an SQLite file, or (where a module runs on both backends with
+    ``pytestmark = BOTH_BACKENDS``) a PostgreSQL database of the test's own."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'tidings.db'}"
+
+
+@pytest.fixture
+def make_settings(database_url: str) -> Callable[..., Settings]:
+    """Settings for a test: a fresh store, loopback allowed, a known admin token."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "database_url": f"sqlite:///{tmp_path / 'tidings.db'}",
+            "database_url": database_url,
             "admin_token": SecretStr(ADMIN_TOKEN),
             "allow_networks": (ipaddress.ip_network("127.0.0.0/8"),),
             "request_timeout": timedelta(seconds=2),

@@ -14,13 +14,17 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
@@ -30,8 +34,63 @@ from standardwebhooks import Webhook
 from tidings import ids
 from tidings.channels.signing import new_secret
 from tidings.models import Endpoint, EndpointState
+from tidings.store import open_store
 
 ADMIN_TOKEN = "admin-test-token"
+POSTGRES_URL = os.environ.get(
+    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+# ``pytestmark = BOTH_BACKENDS``: every test of the module runs on SQLite and PostgreSQL.
+BOTH_BACKENDS = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@dataclass
+class PostgresServer:
+    """The test PostgreSQL server: makes and drops the tests' databases."""
+
+    admin: psycopg.Connection[Any]
+
+    def url_of(self, name: str) -> str:
+        return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    def create(self, template: str | None) -> str:
+        name = f"tidings_test_{uuid.uuid4().hex[:16]}"
+        copy = f" TEMPLATE {template}" if template else ""
+        self.admin.execute(f"CREATE DATABASE {name}{copy}")  # type: ignore[arg-type]
+        return name
+
+    def drop(self, name: str) -> None:
+        self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """The server of ``TIDINGS_TEST_POSTGRES_URL``; its tests are skipped, loudly, when it
+    cannot be reached, and fail instead under ``CI=true``."""
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        why = f"PostgreSQL NOT reachable at {POSTGRES_URL}: its tests did NOT run ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    with admin:
+        yield PostgresServer(admin)
+
+
+def migrate(url: str) -> None:
+    """Migrate the database at ``url`` (from a thread of its own: a fixture may be set
+    up while a test's event loop runs)."""
+
+    async def run() -> None:
+        store = open_store(url)
+        await store.migrate()
+        await store.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def an_endpoint(**fields: Any) -> Endpoint:

@@ -3,7 +3,9 @@
 :class:`Tidings` owns every resource of one process. ``start`` migrates the
 store, makes sure an admin token exists and starts the supervised background
 tasks; ``stop`` lets in-flight attempts finish (up to a grace period), flushes
-what is queued and closes everything. If a background task dies, ``failed``
+what is queued and closes everything. Its ``role`` says what it runs: the API
+and the delivery engine (``all``), or one of them (``api``, ``worker``), for
+several processes on one PostgreSQL database. If a background task dies, ``failed``
 is set and the process should stop: running on without its dispatcher would
 accept messages it never delivers.
 """
@@ -15,6 +17,7 @@ import hashlib
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
 
 import structlog
 
@@ -26,12 +29,17 @@ from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.delivery.batcher import Batcher
 from tidings.delivery.dispatcher import Dispatcher
+from tidings.delivery.health import HealthMonitor
 from tidings.email.lookup import Lookups
 from tidings.email.sending import EmailSender
 from tidings.exceptions import Conflict
 from tidings.metrics import Metrics
 from tidings.models import Accepted, NewMessage
 from tidings.store import Store, open_store
+from tidings.store.sql import ENDPOINTS, SCHEDULE
+
+# "all": API and delivery engine; "api": the API only; "worker": the engine only.
+Role = Literal["all", "api", "worker"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +61,10 @@ class Tidings:
         clock: Clock | None = None,
         store: Store | None = None,
         rng: random.Random | None = None,
+        role: Role = "all",
     ) -> None:
         self.settings = settings
+        self.role = role
         self.clock = clock or SystemClock()
         self.store = store or open_store(settings.database_url)
         self.metrics = Metrics()
@@ -92,43 +102,85 @@ class Tidings:
         self.dispatcher = Dispatcher(
             self.store, self.channel, settings, self.metrics, self.clock, rng, self.emails
         )
+        self.health = HealthMonitor(
+            self.store, self.dispatcher, self.channel, self.metrics, self.clock, settings
+        )
         self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
         self.admin_token_hash = ""
         self.new_admin_token: str | None = None
         self.failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def delivers(self) -> bool:
+        """Whether this process runs the delivery engine (roles ``all`` and ``worker``)."""
+        return self.role != "api"
+
     async def start(self) -> None:
         await self.store.migrate()
         await self._ensure_admin_token()
+        for name in await self.store.template_names():
+            self.metrics.template_known(name)
+        self._supervise("ingest", self.ingest.run)
+        self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
+        if self.delivers:
+            await self._start_engine()
+
+    async def _start_engine(self) -> None:
         await self.channel.open()
         await self.lookups.open()
         if self.smtp is not None:
             await self.smtp.open()
         await self.store.reclaim_expired_leases(self.clock.now())
-        for name in await self.store.template_names():
-            self.metrics.template_known(name)
+        loop = asyncio.get_running_loop()
+
+        def hear(news: str) -> None:  # on the store's listening thread
+            loop.call_soon_threadsafe(self._heard, news)
+
+        await self.store.listen(hear)
         if self.senders is not None:
             self._supervise("senders", self.senders.run)
-        self._supervise("ingest", self.ingest.run)
         self._supervise("results", self.dispatcher.results.run)
         self._supervise("dispatcher", self.dispatcher.run)
-        self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
-        self._supervise("purge", self._every(PURGE_INTERVAL_S, self._purge))
+        # The singleton duties. Only delivering processes compete for leadership: an API
+        # process that took it would keep it, and health would never be evaluated.
+        interval = self.settings.health_interval.total_seconds()
+        self._supervise("health", self._every(interval, self._led(self.health.evaluate)))
+        self._supervise("purge", self._every(PURGE_INTERVAL_S, self._led(self._purge)))
+
+    def _heard(self, news: str) -> None:
+        """Another process's write committed ``news`` (see Store.listen)."""
+        if news == SCHEDULE:
+            self.dispatcher.schedule_changed()
+        elif news == ENDPOINTS:
+            self.dispatcher.endpoints_changed()
+        else:
+            self.dispatcher.wake()
+
+    def _led(self, duty: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``duty``, run only by the process that leads (one per store at a time)."""
+
+        async def run() -> None:
+            if await self.store.lead():
+                await duty()
+
+        return run
 
     async def stop(self) -> None:
         dispatcher = next((t for t in self._tasks if t.get_name() == "dispatcher"), None)
         if dispatcher:
             dispatcher.cancel()
         await self.ingest.drain()
-        await self.dispatcher.drain(SHUTDOWN_GRACE_S)
+        if self.delivers:
+            await self.dispatcher.drain(SHUTDOWN_GRACE_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.channel.close()
-        await self.lookups.close()
-        if self.smtp is not None:
-            await self.smtp.close()
+        if self.delivers:
+            await self.channel.close()
+            await self.lookups.close()
+            if self.smtp is not None:
+                await self.smtp.close()
         await self.store.close()
 
     async def accept(self, message: NewMessage) -> Accepted:
@@ -138,7 +190,9 @@ class Tidings:
             raise result
         self.metrics.accepted(replayed=result.replayed)
         if result.deliveries and not result.replayed:
-            self.dispatcher.wake(endpoint_id for _, endpoint_id in result.deliveries)
+            endpoint_ids = [endpoint_id for _, endpoint_id in result.deliveries]
+            self.metrics.created(endpoint_ids)
+            self.dispatcher.wake(endpoint_ids)
         return result
 
     async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
@@ -158,7 +212,10 @@ class Tidings:
         self.admin_token_hash = stored
 
     async def _count_queue(self) -> None:
-        self.metrics.set_queue_depth(await self.store.queue_depth())
+        now = self.clock.now()
+        oldest = await self.store.oldest_due(now)
+        waited = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+        self.metrics.set_queue_depth(await self.store.queue_depth(), waited)
 
     async def _purge(self) -> None:
         before = self.clock.now() - self.settings.idempotency_ttl

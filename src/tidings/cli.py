@@ -1,4 +1,4 @@
-"""The ``tidings`` command: serve, migrate, version."""
+"""The ``tidings`` command: serve, worker, migrate, version."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Coroutine, Iterator
-from typing import Annotated, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 import typer
@@ -17,26 +18,43 @@ from rich.panel import Panel
 from tidings import __version__, logs
 from tidings.config import Settings
 
+if TYPE_CHECKING:
+    from tidings.app import Role
+
 cli = typer.Typer(
     help="tidings: durable, signed, retried notification delivery.", no_args_is_help=True
 )
 console = Console(stderr=True)
 
 
+class ServeRole(StrEnum):
+    ALL = "all"
+    API = "api"
+
+
 @cli.command()
 def serve(
     role: Annotated[
-        str, typer.Option(help="all: API and delivery worker in one process (the default).")
-    ] = "all",
+        ServeRole,
+        typer.Option(
+            help="all: the API and the delivery worker in one process. api: the API only, "
+            "with `tidings worker` processes delivering (PostgreSQL)."
+        ),
+    ] = ServeRole.ALL,
 ) -> None:
-    """Run the API and the delivery worker."""
-    if role != "all":
-        raise typer.BadParameter(
-            "only --role all is available on this version", param_hint="--role"
-        )
+    """Run the API and the delivery worker (or, with --role api, the API only)."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
-    _run(_serve(settings))
+    _run(_serve(settings, role.value))
+
+
+@cli.command()
+def worker() -> None:
+    """Run a delivery worker: no API, only /healthz, /readyz and /metrics on
+    TIDINGS_HOST:TIDINGS_PORT. Run any number of them on one PostgreSQL database."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    _run(_serve(settings, "worker"))
 
 
 @cli.command()
@@ -63,11 +81,17 @@ def version() -> None:
     typer.echo(__version__)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, role: Role) -> None:
     from tidings.api.app import create_api
     from tidings.app import Tidings
 
-    tidings = Tidings(settings)
+    if role != "all" and not settings.database_url.startswith("postgres"):
+        raise typer.BadParameter(
+            "split roles need PostgreSQL (TIDINGS_DATABASE_URL=postgresql://…): an SQLite "
+            "file is served by one `tidings serve`",
+            param_hint="--role" if role == "api" else "worker",
+        )
+    tidings = Tidings(settings, role=role)
     await tidings.start()
     if tidings.new_admin_token:
         console.print(
@@ -78,7 +102,7 @@ async def _serve(settings: Settings) -> None:
             )
         )
     config = uvicorn.Config(
-        create_api(tidings),
+        create_api(tidings, operations_only=role == "worker"),
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -89,6 +113,7 @@ async def _serve(settings: Settings) -> None:
     server = _Server(config)
     structlog.get_logger("tidings").info(
         "serving",
+        role=role,
         url=f"http://{settings.host}:{settings.port}",
         database=settings.database_url.split("@")[-1],
         version=__version__,

@@ -72,6 +72,19 @@ class Settings(BaseSettings):
     retry_after_max: Duration = timedelta(hours=1)
     secret_grace: Duration = timedelta(hours=24)
     idempotency_ttl: Duration = timedelta(hours=24)
+    # Endpoint health: how often alarms are evaluated, and how long a suspended
+    # endpoint's held deliveries are kept before they die as expired.
+    health_interval: Duration = Field(default=timedelta(seconds=15), ge=timedelta(seconds=1))
+    held_retention: Duration = Field(default=timedelta(days=7), ge=timedelta(hours=1))
+    # Where users reach the API, for the links in owner notices (unset: http://HOST:PORT).
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+
+    @property
+    def api_url(self) -> str:
+        """The API's base URL as users reach it (``public_url``, or the listen address)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
 
     @property
     def sender_count(self) -> int:

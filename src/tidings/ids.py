@@ -19,6 +19,9 @@ MESSAGE = "msg"
 DELIVERY = "dlv"
 ATTEMPT = "atm"
 EMAIL = "eml"
+SUSPENSION = "sus"
+NOTICE = "ntc"
+HEALTH_CHECK = "hc"
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:

@@ -8,6 +8,7 @@ moved yet reads 0, not "no data".
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,6 +19,7 @@ from tidings.models import DeliveryState
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
 DEAD_REASONS = ("exhausted", "expired", "gone", "blocked", "rejected", "disabled", "deleted")
+NOTICE_KINDS = ("warning", "critical", "suspended", "resumed")
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400)
 
@@ -75,7 +77,51 @@ class Metrics:
             ["template", "outcome", "reason"],
             registry=r,
         )
+        # Per endpoint: what the shipped alert rules need to tell one endpoint gone
+        # silent (deploy/prometheus/alerts.yml). Series are made on first use.
+        self.endpoint_attempts = Counter(
+            "tidings_endpoint_attempts",
+            "Delivery attempts per endpoint, by outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.endpoint_deliveries = Counter(
+            "tidings_endpoint_deliveries",
+            "Deliveries created per endpoint: the messages that arrived for it.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_held = Gauge(
+            "tidings_endpoint_held",
+            "Deliveries held per suspended endpoint, as last counted.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_suspended = Gauge(
+            "tidings_endpoint_suspended",
+            "1 while the endpoint is suspended, as last seen.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.oldest_due = Gauge(
+            "tidings_oldest_pending_age_seconds",
+            "How long the delivery waiting longest since it fell due has waited (0: none).",
+            registry=r,
+        )
+        self.alarms = Counter(
+            "tidings_alarms",
+            "Endpoint alarms raised, by level (each raised alarm counts once per evaluation).",
+            ["level"],
+            registry=r,
+        )
+        self.notices = Counter(
+            "tidings_notices",
+            "Notices sent to tenants' owners, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self._templates: set[str] = set()
+        self._held: set[str] = set()
         self._initialise_labels()
 
     def _initialise_labels(self) -> None:
@@ -90,6 +136,10 @@ class Metrics:
                 self.attempts.labels(outcome, status_class)
         for state in DeliveryState:
             self.queue_depth.labels(state.value)
+        for level in ("warning", "critical"):
+            self.alarms.labels(level)
+        for kind in NOTICE_KINDS:
+            self.notices.labels(kind)
 
     def template_known(self, template: str) -> None:
         """Create the lookup series of ``template`` (once), so they read 0 from the start."""
@@ -109,6 +159,7 @@ class Metrics:
 
     def attempted(
         self,
+        endpoint_id: str,
         outcome: Outcome,
         decision: Decision,
         duration_ms: float,
@@ -118,6 +169,7 @@ class Metrics:
         """Count one finished attempt and what the policy made of it."""
         success = outcome.succeeded
         self.attempts.labels("success" if success else "failure", outcome.status_class).inc()
+        self.endpoint_attempts.labels(endpoint_id, "success" if success else "failure").inc()
         self.attempt_duration.observe(duration_ms / 1000)
         self.deliveries.labels(decision.verdict.value).inc()
         if decision.verdict is Verdict.DEAD and decision.reason:
@@ -130,6 +182,21 @@ class Metrics:
         self.deliveries.labels(Verdict.DEAD.value).inc(count)
         self.dead.labels(reason).inc(count)
 
-    def set_queue_depth(self, depth: dict[DeliveryState, int]) -> None:
+    def set_queue_depth(self, depth: dict[DeliveryState, int], oldest_due_s: float) -> None:
         for state, count in depth.items():
             self.queue_depth.labels(state.value).set(count)
+        self.oldest_due.set(oldest_due_s)
+
+    def created(self, endpoint_ids: Iterable[str]) -> None:
+        """Count the deliveries of an accepted message, per endpoint."""
+        for endpoint_id in endpoint_ids:
+            self.endpoint_deliveries.labels(endpoint_id).inc()
+
+    def set_endpoints_held(self, held: dict[str, int], suspended: Iterable[str]) -> None:
+        """The held deliveries and suspended endpoints as last counted; endpoints that
+        left either read 0 (their series stay, so a rate over them stays defined)."""
+        suspended = set(suspended)
+        for endpoint_id in self._held | held.keys() | suspended:
+            self.endpoint_held.labels(endpoint_id).set(held.get(endpoint_id, 0))
+            self.endpoint_suspended.labels(endpoint_id).set(int(endpoint_id in suspended))
+        self._held |= held.keys() | suspended

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
+
+from tidings.delivery.alarms import AlarmPolicy, policy_in_force
+from tidings.delivery.circuit import Breaker
 
 T = TypeVar("T")
 
 
 class EndpointState(StrEnum):
     ACTIVE = "active"
+    SUSPENDED = "suspended"  # its deliveries are held until it resumes
     DISABLED = "disabled"
 
 
@@ -30,6 +34,7 @@ class DeliveryState(StrEnum):
 
 
 REPLAYABLE_STATES = (DeliveryState.DEAD, DeliveryState.HELD)
+OPERATIONAL_PREFIX = "endpoint."
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,12 @@ class Tenant:
     name: str
     owner_email: str
     created_at: datetime
+    alarm_policy: str | None = None
+    """JSON: the alarm policy fields it sets (None: the defaults)."""
+
+    @property
+    def policy(self) -> AlarmPolicy:
+        return policy_in_force(self.alarm_policy, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +78,25 @@ class Endpoint:
     created_at: datetime
     updated_at: datetime
     kind: EndpointKind = EndpointKind.WEBHOOK
+    alarm_policy: str | None = None
+    """JSON: the alarm policy fields it sets over its tenant's."""
+    tenant_alarm_policy: str | None = None
+    """JSON: its tenant's (as read with it)."""
+
+    @property
+    def policy(self) -> AlarmPolicy:
+        """The alarm policy in force for it: the defaults, its tenant's, its own."""
+        return policy_in_force(self.tenant_alarm_policy, self.alarm_policy)
 
     def accepts(self, event_type: str) -> bool:
-        """Whether a message of ``event_type`` goes to this endpoint (empty filter: all)."""
+        """Whether a message of ``event_type`` goes to this endpoint (empty filter: all).
+
+        Operational events (``endpoint.…``) go only where they were asked for by
+        name: an endpoint taking every event type would otherwise hear of its own
+        suspension, while suspended.
+        """
+        if event_type.startswith(OPERATIONAL_PREFIX):
+            return event_type in self.event_types
         return not self.event_types or event_type in self.event_types
 
     def signing_secrets(self, now: datetime) -> tuple[str, ...]:
@@ -184,6 +211,17 @@ class Claimed:
         return self.attempts - self.retry_base + 1
 
 
+class Claims(list[Claimed]):
+    """What one claim leased, and ``capped``: the endpoints the store held back at their
+    ``max_in_flight`` (attempts in flight on every worker) while due deliveries wait.
+    Their slots free up as other workers' attempts end, which nobody announces, so
+    the claimer looks again soon."""
+
+    def __init__(self, claimed: Iterable[Claimed] = (), capped: Iterable[str] = ()) -> None:
+        super().__init__(claimed)
+        self.capped = frozenset(capped)
+
+
 @dataclass(frozen=True, slots=True)
 class EmailOutcome:
     """What an email's attempt adds to its result: what was chosen and sent, and the
@@ -211,6 +249,8 @@ class AttemptResult:
     """The claim's lease: the result applies only while the delivery still holds it."""
     disable_endpoint: bool = False
     email: EmailOutcome | None = None
+    breaker: Breaker | None = None
+    """The endpoint's breaker, when this attempt changed its state."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,3 +321,43 @@ class SinkEmail:
     text: str
     html: str | None
     received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """One suspension of an endpoint; kept after it resumed."""
+
+    id: str
+    endpoint_id: str
+    tenant_id: str
+    suspended_at: datetime
+    reason: str
+    suspended_by: str
+    resumed_at: datetime | None = None
+    resumed_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """What the store knows of an endpoint's health."""
+
+    breaker: Breaker | None
+    """As its last change left it (None: it never opened)."""
+    held: int
+    """Deliveries held while it is suspended."""
+    suspensions: tuple[Suspension, ...] = ()
+    """Newest first (the first is the current one while it is suspended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A notice to a tenant's owner about one of its endpoints."""
+
+    id: str
+    tenant_id: str
+    endpoint_id: str
+    url: str
+    kind: str  # warning, critical, suspended, resumed
+    sent_at: datetime
+    email_id: str | None  # the owner's email (``eml_…``), once published
+    detail: str  # JSON: what it said

@@ -119,3 +119,26 @@ def test_sigterm_stops_the_server_cleanly(tmp_path: Path, serve: object) -> None
 
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--role", "api"]])
+def test_split_roles_on_sqlite_are_refused_with_the_reason(
+    tmp_path: Path, command: list[str]
+) -> None:
+    done = subprocess.run(
+        [*TIDINGS, *command], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "split roles need PostgreSQL" in done.stderr
+
+
+def test_an_unknown_role_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*TIDINGS, "serve", "--role", "everything"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "'everything' is not one of" in done.stderr

@@ -709,11 +709,13 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         "/readyz": {"get"},
         "/metrics": {"get"},
         "/v1/tenants": {"get", "post"},
-        "/v1/tenants/{tenant_id}": {"get"},
+        "/v1/tenants/{tenant_id}": {"get", "patch"},
         "/v1/tenants/{tenant_id}/api-keys": {"post"},
         "/v1/endpoints": {"get", "post"},
         "/v1/endpoints/{endpoint_id}": {"get", "patch", "delete"},
         "/v1/endpoints/{endpoint_id}/rotate-secret": {"post"},
+        "/v1/endpoints/{endpoint_id}/suspend": {"post"},
+        "/v1/endpoints/{endpoint_id}/resume": {"post"},
         "/v1/messages": {"post"},
         "/v1/messages/{message_id}": {"get"},
         "/v1/deliveries": {"get"},
@@ -734,7 +736,7 @@ async def test_a_tenant_api_key_is_shown_only_once(client: httpx.AsyncClient) ->
     )
     assert response.status_code == 201, response.text
     tenant = response.json()
-    assert set(tenant) == {"id", "name", "owner_email", "created_at"}
+    assert set(tenant) == {"id", "name", "owner_email", "created_at", "alarm_policy"}
 
     issued = await client.post(f"/v1/tenants/{tenant['id']}/api-keys", headers=admin())
     assert issued.status_code == 201, issued.text

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from support import (
+    BOTH_BACKENDS,
     Receiver,
     bearer,
     delivery_states,
@@ -28,6 +29,8 @@ from tidings.clock import FakeClock
 from tidings.config import Settings
 
 IMMEDIATE_RETRIES = [0] * 20  # without a breaker: 20 attempts a message, at once
+
+pytestmark = BOTH_BACKENDS
 
 
 @pytest.fixture

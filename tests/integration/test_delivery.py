@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from support import (
+    BOTH_BACKENDS,
     Receiver,
     bearer,
     close_connection,
@@ -28,6 +29,8 @@ from support import (
     wait_for,
 )
 from tidings.app import Tidings
+
+pytestmark = BOTH_BACKENDS
 
 FAST = [0, 0.1, 0.1, 0.1]
 

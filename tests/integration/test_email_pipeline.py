@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
 from support import (
+    BOTH_BACKENDS,
     DROP,
     Mailbox,
     Receiver,
@@ -51,6 +52,8 @@ VARIANTS = {"true": {"text": "One button: confirm. {{ name }}"}}
 
 
 # API shortcuts -------------------------------------------------------------------------
+
+pytestmark = BOTH_BACKENDS
 
 
 async def create_template(client: httpx.AsyncClient, key: str, **fields: Any) -> dict[str, Any]:

@@ -28,6 +28,9 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.smtp_url is None
     assert settings.smtp_connections == 10
     assert settings.email_from == "tidings@localhost"
+    assert settings.health_interval == timedelta(seconds=15)
+    assert settings.held_retention == timedelta(days=7)
+    assert settings.api_url == "http://127.0.0.1:8000"  # no TIDINGS_PUBLIC_URL
 
 
 @pytest.mark.parametrize(("cpus", "senders"), [(1, 0), (2, 2), (4, 4), (16, 4), (None, 0)])
@@ -55,12 +58,20 @@ def test_environment_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.retention == timedelta(days=7)
 
 
+def test_the_public_url_is_where_owner_notices_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_PUBLIC_URL", "https://tidings.example.com/")
+    assert Settings().api_url == "https://tidings.example.com"
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("TIDINGS_ALLOW_NETWORKS", "not-a-network"),
         ("TIDINGS_PORT", "70000"),
         ("TIDINGS_LEASE", "10"),  # shorter than the 15 s request timeout
+        ("TIDINGS_HEALTH_INTERVAL", "0"),
+        ("TIDINGS_HELD_RETENTION", "60"),  # under an hour: a typo, not a policy
+        ("TIDINGS_PUBLIC_URL", "tidings.example.com"),
     ],
 )
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -11,8 +11,9 @@ from tidings.api.auth import KeyCache
 from tidings.app import Tidings
 
 
-def create_api(tidings: Tidings) -> ASGIApp:
-    """The HTTP API of ``tidings``; the caller starts and stops ``tidings`` itself."""
+def create_api(tidings: Tidings, *, operations_only: bool = False) -> ASGIApp:
+    """The HTTP API of ``tidings``; the caller starts and stops ``tidings`` itself.
+    ``operations_only``: only /healthz, /readyz and /metrics (a worker's)."""
     api = FastAPI(
         title="tidings",
         version=__version__,
@@ -23,8 +24,11 @@ def create_api(tidings: Tidings) -> ASGIApp:
     api.state.tidings = tidings
     api.state.keys = KeyCache()
     problems.install(api)
-    for module in (health, tenants, endpoints, messages, templates, emails):
+    everything = (health, tenants, endpoints, messages, templates, emails)
+    for module in (health,) if operations_only else everything:
         api.include_router(module.router)
+    if operations_only:
+        return api
     return problems.BodyLimit(IngestFirst(api), max_bytes=tidings.settings.max_body_bytes)
 
 

@@ -85,5 +85,10 @@ async def require_tenant(request: Request) -> str:
     raise Unauthorized("the API key is not valid")
 
 
+def key_prefix(request: Request) -> str:
+    """The shown prefix of the request's API key: who made a change, in its history."""
+    return _bearer(request)[:12]
+
+
 TenantId = Annotated[str, Depends(require_tenant)]
 Admin = Depends(require_admin)

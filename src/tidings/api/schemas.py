@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -17,6 +18,7 @@ from pydantic import (
     JsonValue,
 )
 
+from tidings.delivery.alarms import MAX_WINDOW_S, AlarmPolicy
 from tidings.delivery.circuit import Breaker, CircuitState
 from tidings.delivery.policy import validate_schedule
 from tidings.models import (
@@ -24,7 +26,9 @@ from tidings.models import (
     Delivery,
     DeliveryState,
     Endpoint,
+    EndpointHealth,
     EndpointState,
+    Suspension,
     Tenant,
 )
 
@@ -68,9 +72,85 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Window = Annotated[float, Field(ge=60, le=MAX_WINDOW_S, description="Seconds.")]
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class AlarmPolicyPatch(_In):
+    """Fields of an alarm policy to set (a value) or to stop setting (null: the
+    tenant's value, or the default, applies again). Omitted fields stay as they are."""
+
+    # Strict: `true` is not a count, nor "5" a number (a policy misread is an alarm
+    # that never fires, or one that fires on every failure).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    warning_failed_attempts: Count | None = Field(
+        default=None, description="Warning: at least this many failed attempts ..."
+    )
+    warning_window_s: Window | None = Field(default=None, description="... in this window.")
+    critical_dead_deliveries: Count | None = Field(
+        default=None, description="Critical: at least this many deliveries died ..."
+    )
+    critical_dead_window_s: Window | None = Field(default=None, description="... in this window,")
+    critical_silence_s: Window | None = Field(
+        default=None, description="or the endpoint failed with no success for this long ..."
+    )
+    critical_silence_failed_attempts: Count | None = Field(
+        default=None, description="... with at least this many failed attempts."
+    )
+    breaker_consecutive_failures: Count | None = None
+    breaker_failure_ratio: float | None = Field(default=None, gt=0, le=1)
+    breaker_min_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    breaker_window_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
+    breaker_cool_down_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
+    breaker_max_cool_down_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
+    suspend: Literal["auto", "alert_only"] | None = Field(
+        default=None, description="auto: a critical alarm suspends the endpoint."
+    )
+    auto_resume: bool | None = Field(
+        default=None, description="Resume a suspended endpoint once a health check passes."
+    )
+    drain_rate_per_s: float | None = Field(
+        default=None, gt=0, le=10_000, description="Held deliveries sent per second on resume."
+    )
+
+
+class AlarmPolicyOut(BaseModel):
+    """The alarm policy in force: the defaults, the tenant's fields, the endpoint's."""
+
+    warning_failed_attempts: int
+    warning_window_s: float
+    critical_dead_deliveries: int
+    critical_dead_window_s: float
+    critical_silence_s: float
+    critical_silence_failed_attempts: int
+    breaker_consecutive_failures: int
+    breaker_failure_ratio: float
+    breaker_min_attempts: int
+    breaker_window_s: float
+    breaker_cool_down_s: float
+    breaker_max_cool_down_s: float
+    suspend: Literal["auto", "alert_only"]
+    auto_resume: bool
+    drain_rate_per_s: float
+
+    @classmethod
+    def of(cls, policy: AlarmPolicy) -> AlarmPolicyOut:
+        return cls(**policy.as_dict())
+
+
 class TenantIn(_In):
     name: str = Field(min_length=1, max_length=200)
     owner_email: Email
+    alarm_policy: AlarmPolicyPatch | None = None
+
+
+class TenantPatch(_In):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    owner_email: Email | None = None
+    alarm_policy: AlarmPolicyPatch | None = Field(
+        default=None, description="The fields to change; null: back to the defaults."
+    )
 
 
 class TenantOut(BaseModel):
@@ -78,10 +158,17 @@ class TenantOut(BaseModel):
     name: str
     owner_email: str
     created_at: datetime
+    alarm_policy: AlarmPolicyOut
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantOut:
-        return cls(**{name: getattr(tenant, name) for name in cls.model_fields})
+        return cls(
+            id=tenant.id,
+            name=tenant.name,
+            owner_email=tenant.owner_email,
+            created_at=tenant.created_at,
+            alarm_policy=AlarmPolicyOut.of(tenant.policy),
+        )
 
 
 class ApiKeyOut(BaseModel):
@@ -103,6 +190,9 @@ class EndpointIn(_In):
     retry_schedule: Schedule | None = Field(
         default=None, description="Seconds before each attempt; overrides the default schedule."
     )
+    alarm_policy: AlarmPolicyPatch | None = Field(
+        default=None, description="Fields set over the tenant's alarm policy."
+    )
 
 
 class EndpointPatch(_In):
@@ -112,24 +202,52 @@ class EndpointPatch(_In):
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_s: float | None = Field(default=None, gt=0, le=100_000)
     retry_schedule: Schedule | None = None
+    alarm_policy: AlarmPolicyPatch | None = Field(
+        default=None,
+        description="The fields to change over the tenant's policy; null: the tenant's again.",
+    )
+
+
+class SuspendIn(_In):
+    reason: str = Field(min_length=1, max_length=1000, description="Why; kept in its history.")
+
+
+class SuspensionOut(BaseModel):
+    id: str
+    suspended_at: datetime
+    reason: str
+    suspended_by: str
+    resumed_at: datetime | None
+    resumed_by: str | None
+
+    @classmethod
+    def of(cls, s: Suspension) -> SuspensionOut:
+        return cls(**{name: getattr(s, name) for name in cls.model_fields})
+
+
+class ResumedOut(BaseModel):
+    suspension: SuspensionOut
+    draining: int = Field(description="Held deliveries now sent again, paced.")
 
 
 class BreakerOut(BaseModel):
     state: Literal["closed", "open", "half_open"] = Field(
         description="open: the endpoint gets no attempts until `retry_at`; half_open: "
-        "one probe is out."
+        "the cool-down is over, and the next attempt is the one probe."
     )
     opened_at: datetime | None
     retry_at: datetime | None = Field(description="When the next probe may go.")
 
     @classmethod
-    def of(cls, breaker: Breaker | None) -> BreakerOut:
+    def of(cls, breaker: Breaker | None, now: datetime) -> BreakerOut:
         if breaker is None or breaker.state is CircuitState.CLOSED:
             return cls(state="closed", opened_at=None, retry_at=None)
+        retry_at = breaker.retry_at()
+        waiting = retry_at is None or retry_at > now
         return cls(
-            state=breaker.state.value,
+            state="open" if waiting else "half_open",
             opened_at=breaker.opened_at,
-            retry_at=breaker.retry_at(),
+            retry_at=retry_at,
         )
 
 
@@ -147,9 +265,18 @@ class EndpointOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     breaker: BreakerOut = Field(description="The endpoint's circuit breaker, as it is now.")
+    held: int = Field(description="Deliveries held while it is suspended.")
+    suspensions: list[SuspensionOut] = Field(
+        description="Its suspensions, newest first (the last 20): the first is the current "
+        "one while it is `suspended`."
+    )
+    alarm_policy: AlarmPolicyOut
+    alarm_policy_overrides: dict[str, Any] = Field(
+        description="The fields of `alarm_policy` set on the endpoint itself."
+    )
 
     @classmethod
-    def of(cls, ep: Endpoint, breaker: Breaker | None = None) -> EndpointOut:
+    def of(cls, ep: Endpoint, health: EndpointHealth, now: datetime) -> EndpointOut:
         return cls(
             id=ep.id,
             url=ep.url,
@@ -163,7 +290,11 @@ class EndpointOut(BaseModel):
             disabled_reason=ep.disabled_reason,
             created_at=ep.created_at,
             updated_at=ep.updated_at,
-            breaker=BreakerOut.of(breaker),
+            breaker=BreakerOut.of(health.breaker, now),
+            held=health.held,
+            suspensions=[SuspensionOut.of(s) for s in health.suspensions],
+            alarm_policy=AlarmPolicyOut.of(ep.policy),
+            alarm_policy_overrides=orjson.loads(ep.alarm_policy or "{}"),
         )
 
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from tidings import ids
 from tidings.api.auth import Admin, App
-from tidings.api.schemas import ApiKeyOut, PageOut, TenantIn, TenantOut
+from tidings.api.schemas import (
+    AlarmPolicyPatch,
+    ApiKeyOut,
+    PageOut,
+    TenantIn,
+    TenantOut,
+    TenantPatch,
+)
 from tidings.app import sha256
-from tidings.exceptions import NotFound
+from tidings.delivery.alarms import merged_overrides, policy_of
+from tidings.exceptions import InvalidInput, NotFound
 from tidings.models import ApiKey, Tenant
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Admin])
@@ -26,9 +34,30 @@ async def create_tenant(body: TenantIn, app: App) -> TenantOut:
         name=body.name,
         owner_email=str(body.owner_email),
         created_at=app.clock.now(),
+        alarm_policy=_checked(None, body.alarm_policy),
     )
     await app.store.create_tenant(tenant)
     return TenantOut.of(tenant)
+
+
+@router.patch("/{tenant_id}")
+async def update_tenant(tenant_id: str, body: TenantPatch, app: App) -> TenantOut:
+    """Change the tenant's name, owner email or alarm policy (the policy of each of its
+    endpoints, but for the fields an endpoint sets itself)."""
+    tenant = await _tenant(app, tenant_id)
+    changes: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"alarm_policy"})
+    for required in ("name", "owner_email"):
+        if required in changes and changes[required] is None:
+            del changes[required]
+    if "alarm_policy" in body.model_fields_set:
+        policy = _checked(tenant.alarm_policy, body.alarm_policy)
+        await _check_endpoints(app, tenant_id, policy)
+        changes["alarm_policy"] = policy
+    updated = await app.store.update_tenant(tenant_id, changes)
+    if updated is None:
+        raise NotFound(f"no tenant {tenant_id!r}")
+    app.dispatcher.endpoints_changed()
+    return TenantOut.of(updated)
 
 
 @router.get("")
@@ -65,6 +94,36 @@ async def create_api_key(tenant_id: str, app: App) -> ApiKeyOut:
         key=key,
         created_at=record.created_at,
     )
+
+
+def _checked(current: str | None, patch: AlarmPolicyPatch | None) -> str | None:
+    """The tenant's alarm policy fields after ``patch`` (None: all removed), checked."""
+    if patch is None:
+        return None
+    fields = merged_overrides(current, patch.model_dump(exclude_unset=True))
+    try:
+        policy_of(fields, None)
+    except ValueError as exc:
+        raise InvalidInput(f"alarm_policy: {exc}") from None
+    return fields
+
+
+async def _check_endpoints(app: App, tenant_id: str, policy: str | None) -> None:
+    """Refuse a tenant policy that, with the fields an endpoint sets itself, would make
+    that endpoint's policy invalid (a cool-down above its own maximum, say)."""
+    cursor = None
+    while True:
+        page = await app.store.list_endpoints(tenant_id, cursor=cursor, limit=1000)
+        for endpoint in page.items:
+            try:
+                policy_of(policy, endpoint.alarm_policy)
+            except ValueError as exc:
+                raise InvalidInput(
+                    f"alarm_policy: with the fields endpoint {endpoint.id} sets itself, {exc}"
+                ) from None
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
 
 
 async def _tenant(app: App, tenant_id: str) -> Tenant:

@@ -36,10 +36,12 @@ import structlog
 from tidings.channels.webhook import Channel, Sent, WebhookRequest
 from tidings.clock import Clock
 from tidings.config import Settings
+from tidings.delivery.alarms import DEFAULT as DEFAULT_POLICY
 from tidings.delivery.batcher import Batcher
 from tidings.delivery.circuit import Breaker, BreakerPolicy, CircuitState
 from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Outcome, Verdict, decide
 from tidings.delivery.ratelimit import TokenBucket
+from tidings.email.notices import BUILTIN_TEMPLATES
 from tidings.email.sending import Choice, EmailSender
 from tidings.ids import ATTEMPT, new_id
 from tidings.metrics import Metrics
@@ -59,10 +61,9 @@ log = structlog.get_logger(__name__)
 
 ENDPOINT_REFRESH_S = 1.0
 IDLE_WAKEUP_S = 5.0  # a safety net: re-read the store at least this often when idle
-# Every endpoint's breaker (no policy of its own can be set yet): open after 5
-# failures in a row or half of 10+ in a minute, for 30 s, doubling to 10 min
-# while probes fail.
-BREAKER_POLICY = BreakerPolicy()
+# How soon to claim again when the store held an endpoint back at its max_in_flight
+# while its deliveries wait: other workers' attempts end unannounced.
+CAPPED_RETRY_S = 0.05
 
 _STATE_OF = {
     Verdict.SUCCEEDED: DeliveryState.SUCCEEDED,
@@ -100,7 +101,11 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rotation = itertools.count()
         self._breakers: dict[str, Breaker] = {}
+        # When this process last changed each breaker: a later change in the store is
+        # another process's (or a resumption's), and is taken over.
+        self._breaker_changed: dict[str, datetime] = {}
         self._handed_back: list[Claimed] = []  # claimed, not to be sent: back to pending
+        self._capped = False  # the last claim was held back by a store-wide cap
         # The earliest future time a retry falls due or a lease runs out, when known.
         self._due: datetime | None = None
         self._due_known = False
@@ -125,6 +130,12 @@ class Dispatcher:
     def endpoints_changed(self) -> None:
         self._endpoints_read_at = -1e9
         self.wake()
+
+    def schedule_changed(self) -> None:
+        """Deliveries were made due at times this process did not write (a resumed
+        endpoint's drain): read the endpoints and the next due time again."""
+        self._due_known = False
+        self.endpoints_changed()
 
     # the loop ------------------------------------------------------------------------
 
@@ -161,6 +172,7 @@ class Dispatcher:
             return
         self._endpoints = {ep.id: ep for ep in await self._store.active_endpoints()}
         self._endpoints_read_at = time.monotonic()
+        self._adopt_breakers(await self._store.breakers())
         gone = [
             job for e in list(self._ready) if e not in self._endpoints for job in self._ready.pop(e)
         ]
@@ -198,9 +210,24 @@ class Dispatcher:
                 free_total -= take
         return slots
 
-    def breaker(self, endpoint_id: str) -> Breaker | None:
-        """The endpoint's breaker as this process knows it (None: never failed)."""
-        return self._breakers.get(endpoint_id)
+    def _adopt_breakers(self, stored: dict[str, tuple[Breaker, datetime]]) -> None:
+        """Take the store's breakers that changed after this process last changed its
+        own: another process (or a resumption) closed or opened them since. The
+        counts that open a closed breaker stay this process's own."""
+        for endpoint_id, (breaker, changed_at) in stored.items():
+            mine = self._breakers.get(endpoint_id, Breaker())
+            if _same_period(mine, breaker):
+                continue  # this process's own change, or one it already knows
+            known = self._breaker_changed.get(endpoint_id)
+            if known is None or changed_at > known:
+                self._breakers[endpoint_id] = breaker
+                self._breaker_changed[endpoint_id] = changed_at
+                if breaker.state is CircuitState.CLOSED:
+                    self.wake()
+
+    def _breaker_policy(self, endpoint_id: str) -> BreakerPolicy:
+        endpoint = self._endpoints.get(endpoint_id)
+        return (endpoint.policy if endpoint else DEFAULT_POLICY).breaker
 
     def _breaker_room(self, endpoint_id: str) -> int:
         """How many deliveries the endpoint's breaker lets the dispatcher claim now:
@@ -211,9 +238,10 @@ class Dispatcher:
         if breaker is None or breaker.state is CircuitState.CLOSED:
             return 1 << 30
         busy = self._in_flight[endpoint_id] + len(self._ready[endpoint_id])
-        allowed, _ = breaker.allows(BREAKER_POLICY, self._clock.now())
+        policy = self._breaker_policy(endpoint_id)
+        allowed, _ = breaker.allows(policy, self._clock.now())
         if not allowed:
-            self._expect(breaker.retry_at(BREAKER_POLICY))
+            self._expect(breaker.retry_at(policy))
         return 1 if allowed and not busy else 0
 
     def _start(self, endpoint_id: str) -> None:
@@ -256,7 +284,8 @@ class Dispatcher:
         breaker = self._breakers.get(endpoint_id)
         if breaker is None or breaker.state is CircuitState.CLOSED:
             return True
-        allowed, self._breakers[endpoint_id] = breaker.allows(BREAKER_POLICY, self._clock.now())
+        policy = self._breaker_policy(endpoint_id)
+        allowed, self._breakers[endpoint_id] = breaker.allows(policy, self._clock.now())
         return allowed
 
     def _bucket(self, endpoint: Endpoint, now: float) -> TokenBucket | None:
@@ -273,10 +302,12 @@ class Dispatcher:
             waiting, self._handed_back = self._handed_back, []
             await self._store.release(waiting, self._clock.now())
         slots = self._slots(time.monotonic())
+        self._capped = False
         if not slots:
             return 0
         now = self._clock.now()
         claimed = await self._store.claim(slots, now, now + self._settings.lease)
+        self._capped = bool(claimed.capped)
         for job in claimed:
             self._ready[job.endpoint_id].append(job)
         for endpoint_id in {job.endpoint_id for job in claimed}:
@@ -290,7 +321,7 @@ class Dispatcher:
 
     async def _sleep(self) -> None:
         now = self._clock.now()
-        timeout = IDLE_WAKEUP_S
+        timeout = CAPPED_RETRY_S if self._capped else IDLE_WAKEUP_S
         if self._throttled:
             tick = time.monotonic()
             timeout = min(self._buckets[e].wait(tick) for e in self._throttled)
@@ -302,10 +333,10 @@ class Dispatcher:
         due = self._due
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
-        for breaker in self._breakers.values():
+        for endpoint_id, breaker in self._breakers.items():
             # A breaker whose wait is over lets its probe go with the next claim that
             # finds work for it; only one still waiting needs waking up for.
-            retry_at = breaker.retry_at(BREAKER_POLICY)
+            retry_at = breaker.retry_at(self._breaker_policy(endpoint_id))
             if retry_at is not None and retry_at > now:
                 timeout = min(timeout, (retry_at - now).total_seconds())
         try:
@@ -376,9 +407,9 @@ class Dispatcher:
             rng=self._rng,
         )
         self._metrics.attempted(
-            sent.outcome, decision, sent.duration_ms, job.message_created_at, now
+            endpoint.id, sent.outcome, decision, sent.duration_ms, job.message_created_at, now
         )
-        self._record_health(endpoint.id, sent.outcome, now)
+        breaker = self._record_health(endpoint.id, sent.outcome, now)
         _log_outcome(endpoint, job, number, sent.outcome.summary, decision)
         attempt = Attempt(
             id=new_id(ATTEMPT),
@@ -400,28 +431,33 @@ class Dispatcher:
             lease_until=job.lease_until,
             disable_endpoint=decision.disable_endpoint,
             email=None if choice is None else _email_outcome(endpoint, job, choice, decision, now),
+            breaker=breaker,
         )
 
-    def _record_health(self, endpoint_id: str, outcome: Outcome, now: datetime) -> None:
-        """Feed an attempt's outcome to its endpoint's breaker. An answer, even a
-        refusal for good (an SMTP 5xx for one recipient), is a server that is up;
-        a failure status, a timeout or a refused connection is not; an address the
-        guard refused or an email that could not be built says nothing."""
+    def _record_health(self, endpoint_id: str, outcome: Outcome, now: datetime) -> Breaker | None:
+        """Feed an attempt's outcome to its endpoint's breaker; the breaker if its state
+        changed (the result writes it to the store). An answer, even a refusal for
+        good (an SMTP 5xx for one recipient), is a server that is up; a failure
+        status, a timeout or a refused connection is not; an address the guard
+        refused or an email that could not be built says nothing."""
         if outcome.error in ("blocked", "unsendable", "invalid_message"):
-            return
+            return None
+        policy = self._breaker_policy(endpoint_id)
         before = self._breakers.get(endpoint_id, Breaker())
-        after = before.record(BREAKER_POLICY, outcome.succeeded or outcome.permanent, now)
+        after = before.record(policy, outcome.succeeded or outcome.permanent, now)
         self._breakers[endpoint_id] = after
         if after.state is before.state:
-            return
+            return None
+        self._breaker_changed[endpoint_id] = now
         if after.state is CircuitState.OPEN:
             log.warning("breaker_opened", endpoint_id=endpoint_id, retry_at=after.retry_at())
-            self._expect(after.retry_at(BREAKER_POLICY))
+            self._expect(after.retry_at(policy))
             # What waits to be sent to it goes back to pending, as it was.
             self._handed_back.extend(self._ready.pop(endpoint_id, ()))
         elif after.state is CircuitState.CLOSED:
             log.info("breaker_closed", endpoint_id=endpoint_id)
             self.wake()
+        return after
 
     async def _write_results(self, results: Sequence[AttemptResult]) -> list[None]:
         ended = await self._store.record_results(results, self._clock.now())
@@ -438,6 +474,13 @@ class Dispatcher:
         return [None] * len(results)
 
 
+def _same_period(a: Breaker, b: Breaker) -> bool:
+    """Whether two breakers are in the same closed or open period (half-open is part
+    of the open period it ends)."""
+    closed = CircuitState.CLOSED
+    return (a.state is closed) == (b.state is closed) and a.opened_at == b.opened_at
+
+
 def _email_outcome(
     lane: Endpoint, job: Claimed, choice: Choice, decision: Decision, now: datetime
 ) -> EmailOutcome:
@@ -445,8 +488,9 @@ def _email_outcome(
     ``email.delivered`` (the SMTP server accepted it) or ``email.failed``."""
     delivered = decision.verdict is Verdict.SUCCEEDED
     callback = None
-    if decision.verdict is not Verdict.RETRY:
-        request = orjson.loads(job.payload)
+    request = orjson.loads(job.payload)
+    # tidings' own emails (owner notices) are not the tenant's: no callback for them.
+    if decision.verdict is not Verdict.RETRY and request["template"] not in BUILTIN_TEMPLATES:
         status = "delivered" if delivered else "failed"
         event = {
             "id": job.message_id,

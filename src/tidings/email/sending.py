@@ -26,6 +26,7 @@ from tidings.channels.webhook import Sent
 from tidings.delivery.policy import Outcome
 from tidings.email import templates
 from tidings.email.lookup import LookupOutcome, Lookups
+from tidings.email.notices import BUILTIN_TEMPLATES
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput
 from tidings.metrics import Metrics
@@ -76,6 +77,8 @@ class EmailSender:
     async def _template(self, tenant_id: str, name: str) -> templates.Template | None:
         """The template as stored, read again at most every ``TEMPLATE_TTL_S``: a change
         made through another process takes effect within that time."""
+        if name in BUILTIN_TEMPLATES:
+            return BUILTIN_TEMPLATES[name]
         now = time.monotonic()
         cached = self._templates.get((tenant_id, name))
         if cached is not None and cached[0] > now:

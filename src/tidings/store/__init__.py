@@ -6,12 +6,18 @@ from tidings.store.base import Store
 
 
 def open_store(url: str) -> Store:
-    """The store for a database URL (``sqlite:///path``; PostgreSQL follows)."""
+    """The store for a database URL: ``sqlite:///path`` or ``postgresql://…``."""
     if url.startswith("sqlite"):
         from tidings.store.sqlite import SqliteStore
 
         return SqliteStore(url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path")
+    if url.startswith(("postgresql", "postgres:")):
+        from tidings.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(
+        f"unsupported database URL {url!r}: use sqlite:///path or postgresql://user@host/db"
+    )
 
 
 __all__ = ["Store", "open_store"]

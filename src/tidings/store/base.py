@@ -9,27 +9,33 @@ many writes with one flush (group commit).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from tidings.delivery.alarms import Minute
+from tidings.delivery.circuit import Breaker
 from tidings.exceptions import Conflict
 from tidings.models import (
     Accepted,
     ApiKey,
     AttemptResult,
     Claimed,
+    Claims,
     Delivery,
     DeliveryFilter,
     DeliveryState,
     EmailDetail,
     Endpoint,
+    EndpointHealth,
     MessageDetail,
     NewMessage,
+    Notice,
     Page,
     ReplaySelector,
     SinkEmail,
     StoredTemplate,
+    Suspension,
     Tenant,
 )
 
@@ -46,6 +52,20 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections."""
+
+    @abstractmethod
+    async def listen(self, hear: Callable[[str], None]) -> None:
+        """From now until :meth:`close`, call ``hear(news)`` (from any thread) whenever
+        another process's write committed ``news``: ``"work"`` (deliveries due now),
+        ``"endpoints"`` (endpoints or policies changed) or ``"schedule"`` (deliveries
+        made due later). Missing one only delays work until the dispatcher's next look
+        at the store."""
+
+    @abstractmethod
+    async def lead(self) -> bool:
+        """Whether this process is the one that runs the singleton duties (health
+        evaluation, retention): it holds the store's leadership, taking it now if no
+        live process does."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -177,10 +197,9 @@ class Store(ABC):
         """Return in-flight deliveries whose lease ran out (a crashed worker's) to pending."""
 
     @abstractmethod
-    async def claim(
-        self, slots: Mapping[str, int], now: datetime, lease_until: datetime
-    ) -> list[Claimed]:
-        """Lease up to ``slots[endpoint_id]`` due deliveries of each endpoint, oldest due first."""
+    async def claim(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
+        """Lease up to ``slots[endpoint_id]`` due deliveries of each endpoint, oldest due
+        first (fewer where a store-wide cap holds them back: see :class:`Claims`)."""
 
     @abstractmethod
     async def release(self, claimed: Sequence[Claimed], now: datetime) -> int:
@@ -204,6 +223,80 @@ class Store(ABC):
 
     @abstractmethod
     async def queue_depth(self) -> dict[DeliveryState, int]: ...
+
+    @abstractmethod
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """When the delivery that has waited longest since it fell due fell due (of
+        endpoints whose breaker is closed: the others' deliveries wait on purpose)."""
+
+    # endpoint health ---------------------------------------------------------------
+
+    @abstractmethod
+    async def update_tenant(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant | None:
+        """Apply ``changes`` (column to value); None if there is no such tenant."""
+
+    @abstractmethod
+    async def suspend_endpoint(
+        self, tenant_id: str, endpoint_id: str, reason: str, by: str, now: datetime
+    ) -> tuple[Suspension, int] | None:
+        """Suspend an active endpoint and hold its waiting deliveries: the suspension
+        and how many were held. None if there is no such endpoint;
+        :class:`~tidings.exceptions.Conflict` if it is not active."""
+
+    @abstractmethod
+    async def resume_endpoint(
+        self, tenant_id: str, endpoint_id: str, by: str, now: datetime
+    ) -> tuple[Suspension, int] | None:
+        """Resume a suspended endpoint, close its breaker, and make its held deliveries
+        due one after another in the order they were created, at its drain rate (its
+        policy's, or its rate limit if lower): the suspension ended and how many
+        drain. None if there is no such endpoint;
+        :class:`~tidings.exceptions.Conflict` if it is not suspended."""
+
+    @abstractmethod
+    async def endpoint_health(self, endpoint_ids: Sequence[str]) -> dict[str, EndpointHealth]:
+        """The breaker, held count and suspension history of each endpoint."""
+
+    @abstractmethod
+    async def breakers(self) -> dict[str, tuple[Breaker, datetime]]:
+        """Every endpoint's breaker as last written, and when it was."""
+
+    @abstractmethod
+    async def suspended_endpoints(self) -> list[Endpoint]: ...
+
+    @abstractmethod
+    async def endpoint_minutes(self, since: datetime) -> dict[str, list[Minute]]:
+        """The per-minute results of every webhook endpoint from ``since`` on."""
+
+    @abstractmethod
+    async def last_errors(
+        self, endpoint_id: str, since: datetime, limit: int
+    ) -> list[tuple[datetime, str]]:
+        """The endpoint's latest failed attempts since ``since``: (time, error), newest first."""
+
+    @abstractmethod
+    async def held_counts(self) -> dict[str, int]:
+        """Held deliveries per endpoint (those with none are left out)."""
+
+    @abstractmethod
+    async def last_notice_at(self, endpoint_id: str, url: str, kind: str) -> datetime | None:
+        """When the last notice of ``kind`` about the endpoint at ``url`` was sent."""
+
+    @abstractmethod
+    async def publish_notice(
+        self, notice: Notice, published: Sequence[NewMessage], dedupe_since: datetime | None
+    ) -> bool:
+        """Record ``notice`` and ingest what it publishes (its email, its event), in one
+        commit; unless (with ``dedupe_since``) a notice of its kind about its endpoint
+        and URL was sent after that time: then nothing, and False."""
+
+    @abstractmethod
+    async def expire_held(self, before: datetime, reason: str, now: datetime) -> int:
+        """Held deliveries created before ``before`` die with ``reason``; how many."""
+
+    @abstractmethod
+    async def prune_minutes(self, before: datetime) -> int:
+        """Forget per-minute results from before ``before``."""
 
     @abstractmethod
     async def purge_idempotency_keys(self, before: datetime) -> int:

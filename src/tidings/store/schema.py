@@ -68,6 +68,7 @@ tenants = Table(
     Column("name", String(200), nullable=False),
     Column("owner_email", String(320), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    Column("alarm_policy", Text),  # JSON: the fields of the alarm policy it sets
 )
 
 api_keys = Table(
@@ -101,6 +102,7 @@ endpoints = Table(
     Column("kind", String(16), nullable=False, server_default="webhook"),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    Column("alarm_policy", Text),  # JSON: the fields it sets over its tenant's policy
     Index("ix_endpoints_tenant", "tenant_id", "id"),
 )
 
@@ -208,4 +210,71 @@ sink_emails = Table(
     Column("html", Text),
     Column("received_at", Timestamp, nullable=False),
     Index("ix_sink_emails_tenant", "tenant_id", "email_id"),
+)
+
+# Endpoint health --------------------------------------------------------------------
+
+# Each endpoint's circuit breaker as its last change left it, for every process.
+breakers = Table(
+    "breakers",
+    metadata,
+    Column("endpoint_id", String(40), ForeignKey("endpoints.id"), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("opened_at", Timestamp),
+    Column("cool_down_ms", BigInteger),
+    Column("changed_at", Timestamp, nullable=False),
+)
+
+# Each endpoint's results per minute (the start of the minute): what alarms count.
+endpoint_minutes = Table(
+    "endpoint_minutes",
+    metadata,
+    Column("endpoint_id", String(40), primary_key=True),
+    Column("minute", Timestamp, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("successes", Integer, nullable=False),
+    Column("dead", Integer, nullable=False),
+    Index("ix_endpoint_minutes_minute", "minute"),
+)
+
+# Every suspension of an endpoint, kept after it resumed.
+suspensions = Table(
+    "suspensions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("endpoint_id", String(40), ForeignKey("endpoints.id"), nullable=False),
+    Column("tenant_id", String(40), nullable=False),
+    Column("suspended_at", Timestamp, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("suspended_by", String(200), nullable=False),
+    Column("resumed_at", Timestamp),
+    Column("resumed_by", String(200)),
+    Index("ix_suspensions_endpoint", "endpoint_id", "id"),
+)
+
+# Every notice sent to a tenant's owner about an endpoint (warnings are sent at
+# most once per endpoint URL per day: this is how that is known).
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("endpoint_id", String(40), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("sent_at", Timestamp, nullable=False),
+    Column("email_id", String(40)),
+    Column("detail", Text, nullable=False),  # JSON: what the notice said
+    Index("ix_notices_endpoint", "endpoint_id", "kind", "sent_at"),
+)
+
+# Each rate-limited endpoint's token bucket, where several workers share it
+# (PostgreSQL); a single SQLite process keeps its buckets in memory.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("endpoint_id", String(40), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
 )

@@ -39,6 +39,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tidings import ids
+from tidings.delivery.alarms import Minute
+from tidings.delivery.circuit import Breaker, CircuitState
 from tidings.exceptions import Conflict, StoreError, StoreUnavailable
 from tidings.models import (
     REPLAYABLE_STATES,
@@ -47,32 +49,40 @@ from tidings.models import (
     Attempt,
     AttemptResult,
     Claimed,
+    Claims,
     Delivery,
     DeliveryFilter,
     DeliveryState,
     EmailDetail,
     EmailRecord,
     Endpoint,
+    EndpointHealth,
     EndpointKind,
     EndpointState,
     Message,
     MessageDetail,
     NewMessage,
+    Notice,
     Page,
     ReplaySelector,
     SinkEmail,
     StoredTemplate,
+    Suspension,
     Tenant,
 )
+from tidings.store import health
 from tidings.store.base import Store
+from tidings.store.hot import DISABLED, Cursor, apply_results
 from tidings.store.schema import (
     api_keys,
     attempts,
+    breakers,
     deliveries,
     emails,
     endpoints,
     idempotency_keys,
     messages,
+    notices,
     settings,
     sink_emails,
     templates,
@@ -82,10 +92,12 @@ from tidings.store.schema import (
 _d = deliveries
 T = TypeVar("T")
 _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
-GONE = "the endpoint answered 410 Gone"
-DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
 DELETED = "deleted: the endpoint was deleted"
 EMAIL_LANE_MAX_IN_FLIGHT = 10  # emails of one tenant in flight at once
+# What a write tells the other processes (see SqlStore._announce and Store.listen).
+WORK = "work"  # new deliveries are due now
+ENDPOINTS = "endpoints"  # endpoints (or their policies) changed
+SCHEDULE = "schedule"  # deliveries were made due at times no worker wrote
 
 
 # Only a delivery still in flight under the lease it was claimed with goes back:
@@ -191,6 +203,11 @@ class SqlStore(Store):
     def _prepare(self, conn: Connection, *, durable: bool) -> None:
         """Set up ``conn`` before a write transaction (backend hook)."""
 
+    def _announce(self, conn: Connection, news: str) -> None:
+        """Tell the other processes on this store, once ``conn``'s transaction commits,
+        what it changed: :data:`WORK`, :data:`ENDPOINTS` or :data:`SCHEDULE` (backend
+        hook: one process per SQLite file has no one to tell)."""
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
         with translate_errors():
@@ -209,8 +226,13 @@ class SqlStore(Store):
         cfg = Config()
         cfg.set_main_option("script_location", str(resources.files("tidings.store") / "migrations"))
         with self._write() as conn:
+            self._lock_migrations(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def _lock_migrations(self, conn: Connection) -> None:
+        """Keep other processes from migrating until ``conn``'s transaction ends (backend
+        hook; SQLite's write transaction already excludes every other writer)."""
 
     def _close_tx(self) -> None:
         self._engine.dispose()
@@ -263,6 +285,7 @@ class SqlStore(Store):
     def _create_endpoint_tx(self, endpoint: Endpoint) -> None:
         with self._write() as conn:
             conn.execute(insert(endpoints).values(**_endpoint_row(endpoint)))
+            self._announce(conn, ENDPOINTS)
 
     def _get_endpoint_tx(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
         with self._read() as conn:
@@ -272,7 +295,7 @@ class SqlStore(Store):
         self, tenant_id: str, *, cursor: str | None, limit: int
     ) -> Page[Endpoint]:
         query = (
-            select(endpoints)
+            _endpoint_select()
             .where(
                 endpoints.c.tenant_id == tenant_id,
                 endpoints.c.deleted_at.is_(None),
@@ -303,6 +326,7 @@ class SqlStore(Store):
                 .where(endpoints.c.id == endpoint_id)
                 .values(**values, updated_at=now)
             )
+            self._announce(conn, ENDPOINTS)
             return _get_endpoint(conn, tenant_id, endpoint_id)
 
     def _delete_endpoint_tx(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
@@ -319,11 +343,12 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
+            self._announce(conn, ENDPOINTS)
             return _kill_waiting(conn, [endpoint_id], DELETED, now)
 
     def _active_endpoints_tx(self) -> list[Endpoint]:
         with self._read() as conn:
-            rows = conn.execute(select(endpoints).where(endpoints.c.state == EndpointState.ACTIVE))
+            rows = conn.execute(_endpoint_select().where(endpoints.c.state == EndpointState.ACTIVE))
             return [_endpoint(row) for row in rows]
 
     # messages and deliveries ---------------------------------------------------------
@@ -332,6 +357,7 @@ class SqlStore(Store):
         self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
     ) -> list[Accepted | Conflict]:
         with self._write() as conn:
+            self._announce(conn, WORK)
             return _Ingest(conn, now, now - timedelta(seconds=idempotency_ttl_s)).run(batch)
 
     def _get_message_tx(self, tenant_id: str, message_id: str) -> MessageDetail | None:
@@ -387,6 +413,7 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
+            self._announce(conn, WORK)
         return int(result.rowcount)
 
     # email -----------------------------------------------------------------------
@@ -472,6 +499,25 @@ class SqlStore(Store):
             rows = conn.execute(query).all()
         return _page([SinkEmail(**row._asdict()) for row in rows], limit, key="email_id")
 
+    def _record_with_emails(
+        self,
+        conn: Connection,
+        cursor: Cursor,
+        results: Sequence[AttemptResult],
+        now: datetime,
+        *,
+        percent: bool = False,
+    ) -> int:
+        """Write a result batch with emails in it: ``cursor`` is the driver's own, on
+        ``conn``'s transaction. Emails' results also publish their status callbacks,
+        through the ingest on SQLAlchemy's connection, so the batch commits whole."""
+        applied: set[str] = set()
+        ended = apply_results(cursor, results, now, applied=applied, percent=percent)
+        # Only a result that still held its lease settles its email: a late one (the
+        # email was claimed again meanwhile) publishes no callback.
+        self._record_email_outcomes(conn, [r for r in results if r.delivery_id in applied], now)
+        return ended
+
     def _record_email_outcomes(
         self, conn: Connection, results: Sequence[AttemptResult], now: datetime
     ) -> None:
@@ -510,6 +556,7 @@ class SqlStore(Store):
         if not claimed:
             return 0
         with self._write(durable=False) as conn:
+            self._announce(conn, WORK)  # due now, for any worker (this one may be stopping)
             result = conn.execute(
                 _RELEASE,
                 [{"b_id": c.delivery_id, "b_lease": c.lease_until, "b_now": now} for c in claimed],
@@ -523,7 +570,7 @@ class SqlStore(Store):
     @abstractmethod
     def _claim_tx(
         self, slots: Mapping[str, int], now: datetime, lease_until: datetime
-    ) -> list[Claimed]: ...
+    ) -> Claims: ...
 
     @abstractmethod
     def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int: ...
@@ -550,6 +597,177 @@ class SqlStore(Store):
                 delete(idempotency_keys).where(idempotency_keys.c.created_at < before)
             )
         return int(result.rowcount)
+
+    # endpoint health -------------------------------------------------------------------
+
+    def _update_tenant_tx(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant | None:
+        with self._write() as conn:
+            if changes:
+                conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**changes))
+                self._announce(conn, ENDPOINTS)  # their alarm policies
+            row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
+        return None if row is None else Tenant(**row._asdict())
+
+    def _suspend_tx(
+        self, tenant_id: str, endpoint_id: str, reason: str, by: str, now: datetime
+    ) -> tuple[Suspension, int] | None:
+        with self._write() as conn:
+            if _get_endpoint(conn, tenant_id, endpoint_id) is None:
+                return None
+            self._announce(conn, ENDPOINTS)
+            return health.suspend(conn, endpoint_id, reason, by, now)
+
+    def _resume_tx(
+        self, tenant_id: str, endpoint_id: str, by: str, now: datetime
+    ) -> tuple[Suspension, int] | None:
+        with self._write() as conn:
+            endpoint = _get_endpoint(conn, tenant_id, endpoint_id)
+            if endpoint is None:
+                return None
+            rate = endpoint.policy.drain_rate_per_s
+            if endpoint.rate_limit_per_s:
+                rate = min(rate, endpoint.rate_limit_per_s)
+            self._announce(conn, SCHEDULE)
+            return health.resume(conn, endpoint_id, by, now, rate)
+
+    def _endpoint_health_tx(self, endpoint_ids: Sequence[str]) -> dict[str, EndpointHealth]:
+        with self._read() as conn:
+            return health.health_of(conn, endpoint_ids)
+
+    def _breakers_tx(self) -> dict[str, tuple[Breaker, datetime]]:
+        with self._read() as conn:
+            return health.stored_breakers(conn)
+
+    def _suspended_endpoints_tx(self) -> list[Endpoint]:
+        with self._read() as conn:
+            rows = conn.execute(
+                _endpoint_select().where(endpoints.c.state == EndpointState.SUSPENDED)
+            )
+            return [_endpoint(row) for row in rows]
+
+    def _endpoint_minutes_tx(self, since: datetime) -> dict[str, list[Minute]]:
+        with self._read() as conn:
+            return health.minutes_since(conn, since)
+
+    def _last_errors_tx(
+        self, endpoint_id: str, since: datetime, limit: int
+    ) -> list[tuple[datetime, str]]:
+        with self._read() as conn:
+            return health.last_errors(conn, endpoint_id, since, limit)
+
+    def _held_counts_tx(self) -> dict[str, int]:
+        with self._read() as conn:
+            return health.held_counts(conn)
+
+    def _oldest_due_tx(self, now: datetime) -> datetime | None:
+        with self._read() as conn:
+            # Deliveries waiting behind an open breaker wait on purpose: not counted.
+            tripped = select(breakers.c.endpoint_id).where(breakers.c.state != CircuitState.CLOSED)
+            return conn.scalar(  # type: ignore[no-any-return]
+                select(func.min(_d.c.next_attempt_at)).where(
+                    _d.c.state == DeliveryState.PENDING,
+                    _d.c.next_attempt_at <= now,
+                    _d.c.endpoint_id.not_in(tripped),
+                )
+            )
+
+    def _last_notice_at_tx(self, endpoint_id: str, url: str, kind: str) -> datetime | None:
+        n = notices.c
+        with self._read() as conn:
+            return conn.scalar(  # type: ignore[no-any-return]
+                select(func.max(n.sent_at)).where(
+                    n.endpoint_id == endpoint_id, n.url == url, n.kind == kind
+                )
+            )
+
+    def _publish_notice_tx(
+        self, notice: Notice, published: Sequence[NewMessage], dedupe_since: datetime | None
+    ) -> bool:
+        n = notices.c
+        with self._write() as conn:
+            if dedupe_since is not None:
+                sent = conn.scalar(
+                    select(func.count()).where(
+                        n.endpoint_id == notice.endpoint_id,
+                        n.url == notice.url,
+                        n.kind == notice.kind,
+                        n.sent_at > dedupe_since,
+                    )
+                )
+                if sent:
+                    return False
+            self._announce(conn, ENDPOINTS)  # its email may have made the email lane
+            accepted = _Ingest(conn, notice.sent_at, notice.sent_at).run(published)
+            emailed = [
+                a.message_id
+                for new, a in zip(published, accepted, strict=True)
+                if new.email is not None and isinstance(a, Accepted)
+            ]
+            row = {**_fields(notice), "email_id": emailed[0] if emailed else None}
+            conn.execute(insert(notices).values(**row))
+        return True
+
+    def _expire_held_tx(self, before: datetime, reason: str, now: datetime) -> int:
+        with self._write() as conn:
+            return health.expire_held(conn, before, reason, now)
+
+    def _prune_minutes_tx(self, before: datetime) -> int:
+        with self._write(durable=False) as conn:
+            return health.prune_minutes(conn, before)
+
+    async def update_tenant(self, tenant_id: str, changes: Mapping[str, Any]) -> Tenant | None:
+        return await self._writing(partial(self._update_tenant_tx, tenant_id, changes))
+
+    async def suspend_endpoint(
+        self, tenant_id: str, endpoint_id: str, reason: str, by: str, now: datetime
+    ) -> tuple[Suspension, int] | None:
+        return await self._writing(
+            partial(self._suspend_tx, tenant_id, endpoint_id, reason, by, now)
+        )
+
+    async def resume_endpoint(
+        self, tenant_id: str, endpoint_id: str, by: str, now: datetime
+    ) -> tuple[Suspension, int] | None:
+        return await self._writing(partial(self._resume_tx, tenant_id, endpoint_id, by, now))
+
+    async def endpoint_health(self, endpoint_ids: Sequence[str]) -> dict[str, EndpointHealth]:
+        return await self._reading(partial(self._endpoint_health_tx, endpoint_ids))
+
+    async def breakers(self) -> dict[str, tuple[Breaker, datetime]]:
+        return await self._reading(self._breakers_tx)
+
+    async def suspended_endpoints(self) -> list[Endpoint]:
+        return await self._reading(self._suspended_endpoints_tx)
+
+    async def endpoint_minutes(self, since: datetime) -> dict[str, list[Minute]]:
+        return await self._reading(partial(self._endpoint_minutes_tx, since))
+
+    async def last_errors(
+        self, endpoint_id: str, since: datetime, limit: int
+    ) -> list[tuple[datetime, str]]:
+        return await self._reading(partial(self._last_errors_tx, endpoint_id, since, limit))
+
+    async def held_counts(self) -> dict[str, int]:
+        return await self._reading(self._held_counts_tx)
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        return await self._reading(partial(self._oldest_due_tx, now))
+
+    async def last_notice_at(self, endpoint_id: str, url: str, kind: str) -> datetime | None:
+        return await self._reading(partial(self._last_notice_at_tx, endpoint_id, url, kind))
+
+    async def publish_notice(
+        self, notice: Notice, published: Sequence[NewMessage], dedupe_since: datetime | None
+    ) -> bool:
+        return await self._writing(
+            partial(self._publish_notice_tx, notice, published, dedupe_since)
+        )
+
+    async def expire_held(self, before: datetime, reason: str, now: datetime) -> int:
+        return await self._writing(partial(self._expire_held_tx, before, reason, now))
+
+    async def prune_minutes(self, before: datetime) -> int:
+        return await self._writing(partial(self._prune_minutes_tx, before))
 
     # the Store contract: each call is one transaction in a worker thread ------------
 
@@ -668,18 +886,29 @@ class SqlStore(Store):
             partial(self._list_deliveries_tx, tenant_id, where, cursor=cursor, limit=limit)
         )
 
-    async def claim(
-        self, slots: Mapping[str, int], now: datetime, lease_until: datetime
-    ) -> list[Claimed]:
+    async def claim(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
         return await self._writing_hot(partial(self._claim_tx, slots, now, lease_until))
 
     async def release(self, claimed: Sequence[Claimed], now: datetime) -> int:
         return await self._writing(partial(self._release_tx, claimed, now))
 
+    async def listen(self, hear: Callable[[str], None]) -> None:
+        """Nothing to hear: one process per SQLite file."""
+
+    async def lead(self) -> bool:
+        return True
+
     async def close(self) -> None:
-        await self._writing(self._close_tx)
-        self._writer.shutdown()
-        self._readers.shutdown()
+        """Let running transactions finish, then close every connection (one still in
+        use by a transaction would otherwise be dropped unclosed)."""
+
+        def finish() -> None:
+            self._writer.shutdown(wait=True)
+            self._readers.shutdown(wait=True)
+            with self._write_lock:  # an inline hot-path write of SQLite's
+                self._close_tx()
+
+        await asyncio.get_running_loop().run_in_executor(None, finish)
 
     async def ping(self) -> None:
         try:
@@ -822,10 +1051,10 @@ class _Ingest:
 
     def _endpoints_by_tenant(self, tenant_ids: set[str]) -> dict[str, list[Endpoint]]:
         rows = self._conn.execute(
-            select(endpoints)
+            _endpoint_select()
             .where(
                 endpoints.c.tenant_id.in_(tenant_ids),
-                endpoints.c.state == EndpointState.ACTIVE,
+                endpoints.c.state.in_((EndpointState.ACTIVE, EndpointState.SUSPENDED)),
             )
             .order_by(endpoints.c.id)
         )
@@ -877,12 +1106,13 @@ def _new_delivery(
 ) -> dict[str, Any]:
     # An endpoint's own schedule may delay even the first attempt (its first entry).
     first_delay = endpoint.retry_schedule[0] if endpoint.retry_schedule else 0.0
+    suspended = endpoint.state is EndpointState.SUSPENDED
     return {
         "id": delivery_id,
         "message_id": message_id,
         "tenant_id": new.tenant_id,
         "endpoint_id": endpoint.id,
-        "state": DeliveryState.PENDING,
+        "state": DeliveryState.HELD if suspended else DeliveryState.PENDING,
         "attempts": 0,
         "retry_base": 0,
         "next_attempt_at": now + timedelta(seconds=first_delay),
@@ -906,12 +1136,21 @@ def _decode_accepted(text: str) -> Accepted:
 
 
 def _end_orphans(conn: Connection, now: datetime) -> None:
-    """Waiting deliveries of endpoints disabled or deleted meanwhile end as dead."""
+    """Waiting deliveries of endpoints disabled or deleted meanwhile end as dead;
+    those of endpoints suspended meanwhile are held."""
     e = endpoints.c
     deleted = select(e.id).where(e.deleted_at.is_not(None))
     disabled = select(e.id).where(e.state == EndpointState.DISABLED, e.deleted_at.is_(None))
     _kill_waiting(conn, deleted, DELETED, now)
     _kill_waiting(conn, disabled, DISABLED, now)
+    conn.execute(
+        update(_d)
+        .where(
+            _d.c.endpoint_id.in_(select(e.id).where(e.state == EndpointState.SUSPENDED)),
+            _d.c.state == DeliveryState.PENDING,
+        )
+        .values(state=DeliveryState.HELD, updated_at=now)
+    )
 
 
 def _kill_waiting(conn: Connection, endpoint_ids: Any, reason: str, now: datetime) -> int:
@@ -930,7 +1169,7 @@ def _kill_waiting(conn: Connection, endpoint_ids: Any, reason: str, now: datetim
 def _get_endpoint(conn: Connection, tenant_id: str, endpoint_id: str) -> Endpoint | None:
     row = (
         conn.execute(
-            select(endpoints).where(
+            _endpoint_select().where(
                 endpoints.c.id == endpoint_id,
                 endpoints.c.tenant_id == tenant_id,
                 endpoints.c.deleted_at.is_(None),
@@ -950,6 +1189,7 @@ def _delivery(row: Row[Any]) -> Delivery:
 def _endpoint(row: Row[Any]) -> Endpoint:
     data = row._asdict()
     data.pop("deleted_at", None)
+    data.setdefault("tenant_alarm_policy", None)
     data["event_types"] = tuple(orjson.loads(data["event_types"]))
     schedule = data["retry_schedule"]
     data["retry_schedule"] = tuple(orjson.loads(schedule)) if schedule else None
@@ -958,8 +1198,16 @@ def _endpoint(row: Row[Any]) -> Endpoint:
     return Endpoint(**data)
 
 
+def _endpoint_select() -> Any:
+    """Endpoints, each with its tenant's alarm policy (for the one in force)."""
+    return select(endpoints, tenants.c.alarm_policy.label("tenant_alarm_policy")).join(
+        tenants, tenants.c.id == endpoints.c.tenant_id
+    )
+
+
 def _endpoint_row(endpoint: Endpoint) -> dict[str, Any]:
     row = _fields(endpoint)
+    del row["tenant_alarm_policy"]
     row["event_types"] = orjson.dumps(list(endpoint.event_types)).decode()
     row["retry_schedule"] = (
         orjson.dumps(list(endpoint.retry_schedule)).decode() if endpoint.retry_schedule else None

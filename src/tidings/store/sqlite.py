@@ -37,9 +37,10 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
 
 from tidings.exceptions import StoreError, StoreUnavailable
-from tidings.models import AttemptResult, Claimed, DeliveryState, EndpointState
+from tidings.models import AttemptResult, Claimed, Claims, DeliveryState
+from tidings.store.hot import apply_results
 from tidings.store.schema import from_micros, to_micros
-from tidings.store.sql import DISABLED, GONE, SqlStore
+from tidings.store.sql import SqlStore
 
 log = structlog.get_logger(__name__)
 
@@ -108,9 +109,9 @@ class SqliteStore(SqlStore):
         except sqlite3.Error:
             log.exception("wal_checkpoint_failed")
 
-    def _claim_tx(
-        self, slots: Mapping[str, int], now: datetime, lease_until: datetime
-    ) -> list[Claimed]:
+    def _claim_tx(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
+        """One process per file: the dispatcher's own counts are the caps, so none is
+        held back here."""
         wanted = [(endpoint_id, n) for endpoint_id, n in slots.items() if n > 0]
         now_us, lease_us = to_micros(now), to_micros(lease_until)
         rows: list[Any] = []
@@ -120,7 +121,7 @@ class SqliteStore(SqlStore):
                 params = [p for endpoint_id, n in chunk for p in (endpoint_id, now_us, n)]
                 rows += conn.execute(_claim_select(len(chunk)), params).fetchall()
             conn.executemany(_CLAIM_UPDATE, [(lease_us, now_us, row[0]) for row in rows])
-        return [
+        return Claims(
             Claimed(
                 delivery_id=delivery_id,
                 message_id=message_id,
@@ -144,85 +145,18 @@ class SqliteStore(SqlStore):
                 payload,
                 message_created_at,
             ) in rows
-        ]
+        )
 
     def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int:
         if not results:
             return 0
         if not any(r.email for r in results):
             with self._hot() as conn:
-                return _apply_results(conn, results, now)
-        # Emails' results also publish their status callbacks, through the ingest on
-        # SQLAlchemy's connection: the whole batch commits there, in one transaction.
+                return apply_results(conn.cursor(), results, now)
         with self._write(durable=False) as conn, _driver_errors():
             driver = conn.connection.driver_connection
             assert isinstance(driver, sqlite3.Connection)
-            applied: set[str] = set()
-            ended = _apply_results(driver, results, now, applied=applied)
-            # Only a result that still held its lease settles its email: a late one
-            # (the email was claimed again meanwhile) publishes no callback.
-            self._record_email_outcomes(conn, [r for r in results if r.delivery_id in applied], now)
-        return ended
-
-
-def _apply_results(
-    conn: sqlite3.Connection,
-    results: Sequence[AttemptResult],
-    now: datetime,
-    *,
-    applied: set[str] | None = None,
-) -> int:
-    """Write ``results`` in the open transaction of ``conn``; how many waiting deliveries
-    of endpoints found disabled ended. With ``applied``, the results are written one by
-    one and the ids of those that still held their lease are added to it."""
-    now_us = to_micros(now)
-    conn.executemany(
-        _INSERT_ATTEMPT,
-        [
-            (
-                a.id,
-                a.delivery_id,
-                a.number,
-                to_micros(a.started_at),
-                a.duration_ms,
-                a.status_code,
-                a.error,
-                a.response_excerpt,
-            )
-            for a in (r.attempt for r in results)
-        ],
-    )
-    updates = [
-        (
-            r.state.value,
-            to_micros(r.next_attempt_at),
-            r.attempt.status_code,
-            r.attempt.error,
-            r.dead_reason,
-            now_us if r.state is DeliveryState.SUCCEEDED else None,
-            now_us,
-            r.delivery_id,
-            to_micros(r.lease_until),
-        )
-        for r in results
-    ]
-    if applied is None:
-        conn.executemany(_RESULT_UPDATE, updates)
-    else:
-        for result, update in zip(results, updates, strict=True):
-            if conn.execute(_RESULT_UPDATE, update).rowcount:
-                applied.add(result.delivery_id)
-    gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
-    conn.executemany(_DISABLE_ENDPOINT, [(GONE, now_us, e) for e in gone])
-    # Retries of an endpoint disabled meanwhile (by a 410 here or earlier) would
-    # wait for ever: they end now.
-    waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
-    if not gone and not waiting:
-        return 0
-    ended = conn.executemany(
-        _KILL_WAITING_OF_DISABLED, [(DISABLED, now_us, e) for e in waiting.union(gone)]
-    )
-    return ended.rowcount
+            return self._record_with_emails(conn, driver.cursor(), results, now)
 
 
 @contextlib.contextmanager
@@ -311,31 +245,4 @@ def _claim_select(endpoint_count: int) -> str:
 _CLAIM_UPDATE = (
     f"UPDATE deliveries SET state = '{DeliveryState.IN_FLIGHT}', lease_expires_at = ?,"
     " updated_at = ? WHERE id = ?"
-)
-
-_INSERT_ATTEMPT = (
-    "INSERT INTO attempts (id, delivery_id, number, started_at, duration_ms, status_code,"
-    " error, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-# A result applies only while the delivery is still in flight under the lease it
-# was claimed with: a late one (its lease ran out, and it was perhaps claimed
-# again) is kept as an attempt, nothing more.
-_RESULT_UPDATE = (
-    "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-    " lease_expires_at = NULL, last_status = ?, last_error = ?, dead_reason = ?,"
-    " succeeded_at = ?, updated_at = ?"
-    f" WHERE id = ? AND state = '{DeliveryState.IN_FLIGHT}' AND lease_expires_at = ?"
-)
-
-_DISABLE_ENDPOINT = (
-    f"UPDATE endpoints SET state = '{EndpointState.DISABLED}', disabled_reason = ?,"
-    f" updated_at = ? WHERE id = ? AND state = '{EndpointState.ACTIVE}'"
-)
-
-_KILL_WAITING_OF_DISABLED = (
-    f"UPDATE deliveries SET state = '{DeliveryState.DEAD}', dead_reason = ?, updated_at = ?"
-    " WHERE endpoint_id = (SELECT id FROM endpoints"
-    f" WHERE id = ? AND state = '{EndpointState.DISABLED}')"
-    f" AND state IN ('{DeliveryState.PENDING}', '{DeliveryState.HELD}')"
 )
