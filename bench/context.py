@@ -7,7 +7,7 @@ import contextlib
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +34,19 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def tidings(
-        self, name: str, env: dict[str, str] | None = None
+        self, name: str, env: dict[str, str] | None = None, command: Sequence[str] = ("serve",)
     ) -> AsyncIterator[TidingsServer]:
-        """A fresh tidings (own database) for one measurement; py-spy on it if asked."""
+        """A fresh tidings (own database) for one measurement; py-spy on it if asked.
+
+        ``command`` is what follows ``tidings`` (``worker``, ``serve --role api``);
+        ``env`` may point it at a shared database with ``TIDINGS_DATABASE_URL``.
+        """
         self._runs += 1
         workdir = self.tmp / f"{self._runs:02d}-{name}"
         env = dict(env or {})
         if self.options.senders is not None:
             env["TIDINGS_SENDERS"] = str(self.options.senders)
-        async with running(self.options.tidings, workdir, self.session, env) as server:
+        async with running(self.options.tidings, workdir, self.session, env, command) as server:
             profiler = await self._profile(server, name)
             try:
                 yield server

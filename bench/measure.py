@@ -9,12 +9,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
-from bench.server import SUCCEEDED, TidingsServer
+from bench.server import SUCCEEDED
 
 POLL_S = 0.2
+
+
+class Counters(Protocol):
+    """Where the counters are read: one tidings, or the sum over several workers."""
+
+    async def metrics(self) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class Point:
 class Poller:
     """Samples one counter of tidings' /metrics every ``POLL_S`` seconds."""
 
-    server: TidingsServer
+    server: Counters
     metric: str = SUCCEEDED
     points: list[Point] = field(default_factory=list)
 
@@ -173,18 +180,22 @@ def children(pid: int) -> list[int]:
 
 @dataclass
 class CpuMeter:
-    """CPU used by named groups of processes over a window, as % of one core."""
+    """CPU used by named groups of processes over a window, as % of one core.
+
+    Counted per process: one that starts during the window counts from its start,
+    one that ends during it counts nothing (rather than less than nothing).
+    """
 
     groups: dict[str, Callable[[], Iterable[int]]]
-    _start: dict[str, float] = field(default_factory=dict)
+    _start: dict[str, dict[int, float]] = field(default_factory=dict)
     _wall: float = 0.0
     _machine: tuple[float, float] = (0.0, 0.0)
 
-    def _read(self) -> dict[str, float]:
-        used = {name: sum(_proc_cpu(p) for p in pids()) for name, pids in self.groups.items()}
+    def _read(self) -> dict[str, dict[int, float]]:
+        used = {name: {p: _proc_cpu(p) for p in pids()} for name, pids in self.groups.items()}
         times = os.times()
-        used["bench"] = times.user + times.system
-        used["wrk"] = times.children_user + times.children_system  # children that exited
+        used["bench"] = {0: times.user + times.system}
+        used["wrk"] = {0: times.children_user + times.children_system}  # children that exited
         return used
 
     def start(self) -> None:
@@ -192,12 +203,16 @@ class CpuMeter:
         self._wall = time.monotonic()
         self._machine = _machine()
 
+    def _used(self, name: str, now: dict[int, float]) -> float:
+        before = self._start.get(name, {})
+        return sum(max(cpu - before.get(pid, 0.0), 0.0) for pid, cpu in now.items() if cpu)
+
     def stop(self) -> dict[str, float]:
         """% of one core per group, and the machine's busy % of all its cores."""
         wall = max(time.monotonic() - self._wall, 1e-9)
         now = self._read()
         busy, total = _machine()
-        found = {name: round(100 * (now[name] - self._start[name]) / wall, 1) for name in now}
+        found = {name: round(100 * self._used(name, now[name]) / wall, 1) for name in now}
         machine_pct = 100 * (busy - self._machine[0]) / max(total - self._machine[1], 1e-9)
         found["machine_busy_pct_all_cores"] = round(machine_pct, 1)
         # What everything else on the machine used (other engineers' tests, say).

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIOS = ("a", "b", "c", "d")  # the default set: what `make bench` runs
-KNOWN_SCENARIOS = (*SCENARIOS, "e", "f")  # (e) emails and (f) a down receiver: when asked for
+KNOWN_SCENARIOS = (*SCENARIOS, "e", "f", "g")  # e: emails, f: a down receiver, g: PostgreSQL
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"  # (g): a database of its own per run
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 
@@ -28,6 +29,7 @@ class Options:
     keep_temp: bool
     settle: float
     senders: int | None
+    postgres_url: str = POSTGRES_URL
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -56,13 +58,13 @@ def parse(argv: list[str] | None = None) -> Options:
         description="Benchmark tidings against a local nginx receiver (loopback only).",
     )
     add = parser.add_argument
-    add("--scenario", type=_scenarios, default=SCENARIOS, help="a,b,c,d,e,f (default: a,b,c,d)")
+    add("--scenario", type=_scenarios, default=SCENARIOS, help="a,b,c,d,e,f,g (default: a,b,c,d)")
     add(
         "--messages",
         type=int,
         default=20_000,
-        help="messages per run of a, b, c; emails for e, at most 5000; healthy messages for f, "
-        "at most 20000 (20000)",
+        help="messages per run of a, b, c, g; emails for e, at most 5000; healthy messages for "
+        "f, at most 20000 (20000)",
     )
     add("--duration", type=float, default=20.0, help="seconds of load per run of d (20)")
     add("--concurrency", type=int, default=64, help="concurrent POSTs when pre-loading (64)")
@@ -81,6 +83,12 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--settle", type=float, default=30.0, help="wait up to S s for a quiet machine (30)")
     add("--senders", type=int, default=None, help="TIDINGS_SENDERS (tidings' own default)")
     add("--keep-temp", action="store_true", help="keep the temp dir (configs, logs, databases)")
+    add(
+        "--postgres-url",
+        default=POSTGRES_URL,
+        help="the PostgreSQL server for g; each run creates and drops a database of its own "
+        f"on it ({POSTGRES_URL})",
+    )
     ns = parser.parse_args(argv)
     if not 1 <= ns.messages <= 1_000_000:
         parser.error("--messages must be between 1 and 1000000")
@@ -103,4 +111,5 @@ def parse(argv: list[str] | None = None) -> Options:
         keep_temp=ns.keep_temp,
         settle=max(0.0, min(ns.settle, 600.0)),
         senders=ns.senders,
+        postgres_url=ns.postgres_url,
     )

@@ -31,9 +31,17 @@ _HEADER = f"{'':<4}{'variant':<38}{'value':>12}  {'unit':<16}{'target':<16}verdi
 
 
 def format_row(row: Row) -> str:
-    value = f"{row.value:,.1f}" if row.unit == "%" else f"{row.value:,.0f}"
+    if row.unit == "x":  # a ratio such as two workers / one
+        value = f"{row.value:,.2f}"
+    else:
+        value = f"{row.value:,.1f}" if row.unit == "%" else f"{row.value:,.0f}"
     head = f"{row.scenario:<4}{row.variant:<38}{value:>12}"
     return f"{head}  {row.unit:<16}{row.target:<16}{row.verdict}"
+
+
+def redacted(value: str) -> str:
+    """An option's value without the password a URL may hold (``--postgres-url``)."""
+    return re.sub(r"^([a-z+]+://[^:/@]*:)[^@]*@", r"\1***@", value)
 
 
 def _first(pattern: str, text: str) -> str:
@@ -89,7 +97,7 @@ class Results:
         self._doc: dict[str, Any] = {
             "run_id": self.run_id,
             "machine": machine(),
-            "options": {k: str(v) for k, v in asdict(options).items()},
+            "options": {k: redacted(str(v)) for k, v in asdict(options).items()},
             "rows": [],
         }
         self._save()

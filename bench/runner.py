@@ -15,7 +15,7 @@ from bench import options as opts
 from bench.context import Context
 from bench.receivers import Nginx, nginx_missing
 from bench.results import Results, Row, verdict
-from bench.scenarios import ceiling, delivery, email, health, ingest, isolation
+from bench.scenarios import ceiling, delivery, email, health, ingest, isolation, postgres
 
 Scenario = Callable[[Context], Awaitable[list[Row]]]
 SCENARIOS: dict[str, Scenario] = {
@@ -25,6 +25,7 @@ SCENARIOS: dict[str, Scenario] = {
     "d": ingest.run,
     "e": email.run,  # not in the default set (options.SCENARIOS): --scenario e
     "f": health.run,  # nor is this one: --scenario f
+    "g": postgres.run,  # nor this: --scenario g (needs a PostgreSQL server, --postgres-url)
 }
 A_OVER_B_TARGET = 0.50
 

@@ -1,4 +1,8 @@
-"""tidings as a subprocess (``tidings serve``) on a fresh SQLite file, and its HTTP API."""
+"""tidings as a subprocess (``tidings serve``) on a fresh SQLite file, and its HTTP API.
+
+A scenario may run another command (``tidings worker``, ``tidings serve --role api``)
+and point it at another database through ``TIDINGS_DATABASE_URL`` in ``env``.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ STOP_WITHIN_S = 25.0  # tidings gives in-flight attempts 10 s at shutdown
 
 
 class TidingsServer:
-    """One ``tidings serve`` process with its own database in ``workdir``."""
+    """One ``tidings serve`` process (or ``command``) with its own database in ``workdir``."""
 
     def __init__(
         self,
@@ -29,9 +33,11 @@ class TidingsServer:
         workdir: Path,
         session: aiohttp.ClientSession,
         env: dict[str, str] | None = None,
+        command: Sequence[str] = ("serve",),
     ) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.command = tuple(command)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._session = session
@@ -65,7 +71,7 @@ class TidingsServer:
         with self.log.open("wb") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 str(self.binary),
-                "serve",
+                *self.command,
                 cwd=self.workdir,  # so no stray .env is read
                 env=self._env(),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -154,9 +160,13 @@ ACCEPTED = 'tidings_messages_accepted_total{replayed="false"}'
 
 @contextlib.asynccontextmanager
 async def running(
-    binary: Path, workdir: Path, session: aiohttp.ClientSession, env: dict[str, str] | None = None
+    binary: Path,
+    workdir: Path,
+    session: aiohttp.ClientSession,
+    env: dict[str, str] | None = None,
+    command: Sequence[str] = ("serve",),
 ) -> AsyncIterator[TidingsServer]:
-    server = TidingsServer(binary, workdir, session, env)
+    server = TidingsServer(binary, workdir, session, env, command)
     await server.start()
     try:
         yield server

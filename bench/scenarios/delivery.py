@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import load
 from bench.context import Context
-from bench.measure import Poller, drain, per_second, rates
+from bench.measure import Counters, CpuMeter, Poller, drain, per_second, rates
 from bench.results import Row
 from bench.server import DEAD, RETRIED, TidingsServer
 
@@ -66,17 +66,22 @@ async def backlog_drain(
     *,
     preload: int | None = None,
     on_release: Callable[[], None] | None = None,
+    counters: Counters | None = None,
+    cpu: CpuMeter | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """Pre-load behind a rate limit, lift it, and time the delivery of the backlog.
 
     ``endpoints`` were created with ``rate_limit_per_s = HOLD_RATE``; ``expected``
     is the value of the succeeded counter once the backlog is delivered.
     ``preload`` messages are sent (default ``--messages``); ``on_release`` is
-    called just before the limits are lifted.
+    called just before the limits are lifted. ``server`` takes the messages and
+    the PATCH; the counters are read from ``counters`` (default: ``server``), and
+    ``cpu`` measures the drain (default: ``server``, its senders and nginx).
     """
     stats = await _preload(ctx, server, key, event_type, preload)
-    poller = Poller(server)
-    cpu = ctx.cpu(server)
+    counters = server if counters is None else counters
+    poller = Poller(counters)
+    cpu = ctx.cpu(server) if cpu is None else cpu
     polling = asyncio.create_task(poller.run(expected, within_s=60 + expected / 20))
     try:
         await ctx.settle()
@@ -92,7 +97,7 @@ async def backlog_drain(
         polling.cancel()
     used = cpu.stop()
     measured = drain(poller.points, expected, released)
-    metrics = await server.metrics()
+    metrics = await counters.metrics()
     detail = {
         "messages": stats.sent,
         "preload_per_s": round(stats.rate),
