@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
 from support import (
     BOTH_BACKENDS,
@@ -252,6 +253,9 @@ async def test_deliveries_dead_in_the_outage_can_be_replayed_after_it(
     receiver.behaviour = ok
     resumed = await client.post(f"/v1/endpoints/{endpoint['id']}/resume", headers=bearer(key))
     assert resumed.json()["draining"] == 0
+    clock.advance(15)
+    await app.health.evaluate()  # the outage's 4 dead count no more: it stays resumed
+    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "active"
     until = clock.now() + timedelta(seconds=1)
     replay = await client.post(
         "/v1/deliveries/replay",
@@ -269,6 +273,77 @@ async def test_deliveries_dead_in_the_outage_can_be_replayed_after_it(
         return set(await _all_states(client, key, sent)) == {"succeeded"}
 
     await wait_for(all_delivered)
+
+
+async def test_deliveries_replayed_while_suspended_are_held_and_drain_on_resumption(
+    held_time: tuple[Tidings, httpx.AsyncClient], clock: FakeClock, receiver: Receiver
+) -> None:
+    app, client = held_time
+    _, key = await _tenant(client, critical_dead_deliveries=3, **NO_BREAKER)
+    endpoint = await new_endpoint(client, key, receiver.url, retry_schedule=[0])
+    receiver.behaviour = status(500)
+    sent = [(await send(client, key))["id"] for _ in range(3)]
+
+    async def all_in(state: str) -> bool:
+        return set(await _all_states(client, key, sent)) == {state}
+
+    await wait_for(lambda: all_in("dead"))
+    await app.health.evaluate()
+    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+
+    replay = await client.post(
+        "/v1/deliveries/replay", json={"endpoint_id": endpoint["id"]}, headers=bearer(key)
+    )
+    assert replay.json()["replayed"] == 3
+    assert await all_in("held")
+    assert (await _endpoint(client, key, endpoint["id"]))["held"] == 3
+    again = await client.post(
+        "/v1/deliveries/replay", json={"endpoint_id": endpoint["id"]}, headers=bearer(key)
+    )
+    assert again.json()["replayed"] == 0  # held already: nothing more to do
+
+    receiver.behaviour = ok
+    resumed = await client.post(f"/v1/endpoints/{endpoint['id']}/resume", headers=bearer(key))
+    assert resumed.json()["draining"] == 3
+    clock.advance(1)  # the drain's pace: 50 a second
+    app.dispatcher.wake()
+    await wait_for(lambda: all_in("succeeded"))
+
+
+async def test_a_410_to_an_attempt_in_flight_at_the_suspension_disables_the_endpoint(
+    held_time: tuple[Tidings, httpx.AsyncClient], receiver: Receiver
+) -> None:
+    _app, client = held_time
+    _, key = await new_tenant(client)
+    endpoint = await new_endpoint(client, key, receiver.url, max_in_flight=1)
+    answer = asyncio.Event()
+
+    async def gone_when_told(request: web.Request) -> web.StreamResponse:
+        await answer.wait()
+        return web.Response(status=410)
+
+    receiver.behaviour = gone_when_told
+    first = (await send(client, key))["id"]
+    await wait_for(lambda: len(receiver.received) == 1)
+    second = (await send(client, key))["id"]  # waits: one in flight at a time
+    response = await client.post(
+        f"/v1/endpoints/{endpoint['id']}/suspend", json={"reason": "x"}, headers=bearer(key)
+    )
+    assert response.status_code == 200, response.text
+    assert await delivery_states(client, key, second) == ["held"]
+
+    answer.set()
+
+    async def disabled() -> bool:
+        return (await _endpoint(client, key, endpoint["id"]))["state"] == "disabled"
+
+    await wait_for(disabled)
+    await wait_for(lambda: _all_dead(client, key, [first, second]))
+    assert len(receiver.received) == 1
+
+
+async def _all_dead(client: httpx.AsyncClient, key: str, ids: list[str]) -> bool:
+    return set(await _all_states(client, key, ids)) == {"dead"}
 
 
 # owner notices ----------------------------------------------------------------------------
@@ -371,6 +446,37 @@ async def test_an_owner_notice_is_not_a_status_callback_of_the_tenant(
     assert everything.received == []
 
 
+async def test_notices_of_a_suspension_by_hand_and_of_the_resumption_give_the_counts(
+    held_time: tuple[Tidings, httpx.AsyncClient], smtp: SmtpController, receiver: Receiver
+) -> None:
+    _app, client = held_time
+    _, key = await _tenant(client, critical_dead_deliveries=1000, **NO_BREAKER)
+    endpoint = await new_endpoint(client, key, receiver.url, retry_schedule=[0, 3600])
+    receiver.behaviour = status(500)
+    for _ in range(4):
+        await send(client, key)
+    await wait_for(lambda: len(receiver.received) == 4)
+    await asyncio.sleep(0.1)  # the results' commit: 4 failed, each retried in an hour
+
+    suspended = await client.post(
+        f"/v1/endpoints/{endpoint['id']}/suspend", json={"reason": "x"}, headers=bearer(key)
+    )
+    assert suspended.status_code == 200, suspended.text
+    await wait_for(lambda: len(smtp.mailbox.received) == 1)
+    text = _notices(smtp.mailbox)[0][1]
+    assert "Failed attempts in the alarm window: 4" in text
+    assert "Deliveries held for it: 4" in text
+    assert "HTTP 500" in text
+
+    await client.post(f"/v1/endpoints/{endpoint['id']}/resume", headers=bearer(key))
+    await wait_for(lambda: len(smtp.mailbox.received) == 2)
+    subject, text = _notices(smtp.mailbox)[1]
+    assert subject.endswith("was resumed")
+    assert "Failed attempts in the alarm window: 4" in text  # the outage's
+    assert "Deliveries held for it: 4" in text
+    assert "Its 4 held deliveries are being" in text
+
+
 # suspension: retention, automatic resumption ----------------------------------------------
 
 
@@ -409,15 +515,19 @@ async def test_auto_resume_after_a_signed_health_check_answered_in_time(
     held_time: tuple[Tidings, httpx.AsyncClient], clock: FakeClock, receiver: Receiver
 ) -> None:
     app, client = held_time
-    _, key = await _tenant(client, auto_resume=True, breaker_cool_down_s=30)
-    endpoint = await new_endpoint(client, key, receiver.url)
-    receiver.secret = endpoint["secret"]
-    await client.post(
-        f"/v1/endpoints/{endpoint['id']}/suspend", json={"reason": "down"}, headers=bearer(key)
+    _, key = await _tenant(
+        client, auto_resume=True, breaker_cool_down_s=30, critical_dead_deliveries=1, **NO_BREAKER
     )
+    endpoint = await new_endpoint(client, key, receiver.url, retry_schedule=[0])
+    receiver.secret = endpoint["secret"]
+    receiver.behaviour = status(503)
+    dead = (await send(client, key))["id"]
+    await wait_for(lambda: _all_dead(client, key, [dead]))
+    await app.health.evaluate()  # one dead: critical, suspended by tidings
+    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    receiver.received.clear()
     held = (await send(client, key))["id"]
 
-    receiver.behaviour = status(503)
     await app.health.evaluate()
     assert receiver.received == []  # the first probe waits one cool-down
     clock.advance(31)
@@ -446,6 +556,48 @@ async def test_auto_resume_after_a_signed_health_check_answered_in_time(
     assert shown["suspensions"][0]["resumed_by"] == "tidings: the health check passed"
     await wait_for(lambda: len(receiver.received) == 4)
     assert await delivery_states(client, key, held) == ["succeeded"]
+
+
+async def test_an_endpoint_suspended_by_hand_is_not_resumed_by_a_health_check(
+    held_time: tuple[Tidings, httpx.AsyncClient], clock: FakeClock, receiver: Receiver
+) -> None:
+    app, client = held_time
+    _, key = await _tenant(client, auto_resume=True, breaker_cool_down_s=30)
+    endpoint = await new_endpoint(client, key, receiver.url)
+    await client.post(
+        f"/v1/endpoints/{endpoint['id']}/suspend", json={"reason": "ours"}, headers=bearer(key)
+    )
+    for _ in range(3):
+        clock.advance(3600)
+        await app.health.evaluate()
+    assert receiver.received == []  # not even probed
+    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+
+
+async def test_a_resumption_by_hand_during_a_health_check_is_no_error(
+    held_time: tuple[Tidings, httpx.AsyncClient], clock: FakeClock, receiver: Receiver
+) -> None:
+    app, client = held_time
+    _, key = await _tenant(client, auto_resume=True, critical_dead_deliveries=1, **NO_BREAKER)
+    endpoint = await new_endpoint(client, key, receiver.url, retry_schedule=[0])
+    receiver.behaviour = status(503)
+    dead = (await send(client, key))["id"]
+    await wait_for(lambda: _all_dead(client, key, [dead]))
+    await app.health.evaluate()
+    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+
+    async def resumed_meanwhile(request: web.Request) -> web.StreamResponse:
+        url = f"/v1/endpoints/{endpoint['id']}/resume"
+        response = await client.post(url, headers=bearer(key))
+        assert response.status_code == 200, response.text
+        return web.Response(status=204)
+
+    receiver.behaviour = resumed_meanwhile
+    clock.advance(31)
+    await app.health.evaluate()  # the health check passes; resuming it again is a conflict
+    shown = await _endpoint(client, key, endpoint["id"])
+    assert shown["state"] == "active"
+    assert shown["suspensions"][0]["resumed_by"].startswith("api key tdk_")
 
 
 # the breaker, in the store ----------------------------------------------------------------

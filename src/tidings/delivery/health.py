@@ -10,9 +10,10 @@ they mean under the endpoint's policy:
   sends a ``suspended`` notice, or (``alert_only``) sends a ``critical``
   notice, at most once per URL per :data:`NOTICE_EVERY`.
 
-It also probes suspended endpoints whose policy has ``auto_resume`` (a signed
-``{"type":"tidings.health_check"}``, answered 2xx within
-:data:`PROBE_TIMEOUT_S`), resumes those that answer, lets held deliveries
+It also probes the endpoints it suspended itself whose policy has
+``auto_resume`` (a signed ``{"type":"tidings.health_check"}``, answered 2xx
+within :data:`PROBE_TIMEOUT_S`), resumes those that answer (an endpoint
+suspended by hand waits for a hand to resume it), lets held deliveries
 older than ``TIDINGS_HELD_RETENTION`` die as ``expired`` (counted), and
 forgets per-minute results older than any window.
 
@@ -131,10 +132,13 @@ class HealthMonitor:
     async def _facts(
         self, endpoint: Endpoint, verdict: Assessment | None, now: datetime, held: int = 0
     ) -> Facts:
+        """What a notice reports: ``verdict``'s counts (assessed now if not given), the
+        last errors, and ``held``."""
         since = now - endpoint.policy.lookback
         errors = await self._store.last_errors(endpoint.id, since, LAST_ERRORS)
         if verdict is None:
-            return Facts(reason="", last_errors=errors, held=held)
+            minutes = await self._store.endpoint_minutes(since)
+            verdict = assess(endpoint.policy, minutes.get(endpoint.id, []), now)
         return Facts(
             reason=verdict.reason,
             failed_attempts=verdict.failed_attempts,
@@ -196,6 +200,8 @@ class HealthMonitor:
         (``resumed``). Raises :class:`~tidings.exceptions.Conflict` unless it is
         suspended."""
         now = self._clock.now()
+        # The outage's counts, read before the resumption clears them.
+        before = await self._facts(endpoint, None, now)
         done = await self._store.resume_endpoint(endpoint.tenant_id, endpoint.id, by, now)
         if done is None:
             raise NotFound(f"no endpoint {endpoint.id!r}")
@@ -203,23 +209,32 @@ class HealthMonitor:
         log.info("endpoint_resumed", endpoint_id=endpoint.id, by=by, drained=drained)
         self._probing.pop(endpoint.id, None)
         self._dispatcher.schedule_changed()
-        facts = Facts(reason=f"resumed by {by}", drained=drained, by=by)
+        facts = replace(before, reason=f"resumed by {by}", held=drained, drained=drained, by=by)
         await self._notify("resumed", endpoint, facts, now, dedupe=False)
         return suspension, drained
 
     async def _probe(self, suspended: list[Endpoint], now: datetime) -> None:
-        """Probe the suspended endpoints that may resume on their own and are due."""
-        for endpoint in suspended:
-            if not endpoint.policy.auto_resume or endpoint.kind is not EndpointKind.WEBHOOK:
+        """Probe the suspended endpoints that may resume on their own and are due: those
+        with ``auto_resume`` that tidings suspended, not a person."""
+        candidates = [
+            e for e in suspended if e.policy.auto_resume and e.kind is EndpointKind.WEBHOOK
+        ]
+        health = await self._store.endpoint_health([e.id for e in candidates])
+        for endpoint in candidates:
+            history = health[endpoint.id].suspensions  # newest first: the open one
+            if not history or history[0].suspended_by != BY_TIDINGS:
                 continue
             probing = self._probing.get(endpoint.id)
-            if probing is None:  # suspended before this process started: probe now
+            if probing is None:  # suspended before this process led: from its suspension
                 first = timedelta(seconds=endpoint.policy.breaker_cool_down_s)
-                probing = self._probing[endpoint.id] = _Probing(now, first)
+                probing = self._probing[endpoint.id] = _Probing(
+                    history[0].suspended_at + first, first
+                )
             if now < probing.at:
                 continue
             if await self._healthy(endpoint, now):
-                await self.resume(endpoint, f"{BY_TIDINGS}: the health check passed")
+                with contextlib.suppress(Conflict, NotFound):  # resumed or deleted meanwhile
+                    await self.resume(endpoint, f"{BY_TIDINGS}: the health check passed")
                 continue
             longest = timedelta(seconds=endpoint.policy.breaker_max_cool_down_s)
             probing.wait = min(probing.wait * 2, longest)

@@ -292,7 +292,7 @@ class Store(ABC):
 
     @abstractmethod
     async def expire_held(self, before: datetime, reason: str, now: datetime) -> int:
-        """Held deliveries created before ``before`` die with ``reason``; how many."""
+        """Deliveries held since before ``before`` die with ``reason``; how many."""
 
     @abstractmethod
     async def prune_minutes(self, before: datetime) -> int:

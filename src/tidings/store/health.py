@@ -213,8 +213,9 @@ def resume(
 ) -> tuple[Suspension, int]:
     """Resume the (suspended) endpoint; its held deliveries go back to pending, due one
     after another in the order they were created, ``drain_rate_per_s`` a second.
-    Its breaker closes: whoever resumed it says it is up. Returns the suspension
-    ended and how many deliveries drain."""
+    Its breaker closes: whoever resumed it says it is up. Its alarms count afresh:
+    the outage's per-minute results are forgotten, or they would suspend it again.
+    Returns the suspension ended and how many deliveries drain."""
     state = conn.scalar(select(endpoints.c.state).where(endpoints.c.id == endpoint_id))
     if state != EndpointState.SUSPENDED:
         raise Conflict(f"the endpoint is {state}, not suspended: there is nothing to resume")
@@ -241,6 +242,7 @@ def resume(
     ).scalars()
     step = timedelta(seconds=1 / drain_rate_per_s)
     drained = _drain(conn, held, now, step)
+    conn.execute(delete(endpoint_minutes).where(endpoint_minutes.c.endpoint_id == endpoint_id))
     conn.execute(delete(breakers).where(breakers.c.endpoint_id == endpoint_id))
     conn.execute(
         breakers.insert().values(endpoint_id=endpoint_id, state=CircuitState.CLOSED, changed_at=now)
@@ -257,10 +259,11 @@ def _drain(conn: Connection, held: Iterable[str], now: datetime, step: timedelta
 
 
 def expire_held(conn: Connection, before: datetime, reason: str, now: datetime) -> int:
-    """Held deliveries created before ``before`` die with ``reason``; how many did."""
+    """Deliveries held since before ``before`` die with ``reason``; how many did. (A held
+    delivery is not written again until it drains: its last write is when it was held.)"""
     result = conn.execute(
         update(_d)
-        .where(_d.c.state == DeliveryState.HELD, _d.c.created_at < before)
+        .where(_d.c.state == DeliveryState.HELD, _d.c.updated_at < before)
         .values(state=DeliveryState.DEAD, dead_reason=reason, updated_at=now)
     )
     return int(result.rowcount)

@@ -128,7 +128,8 @@ _RESULT_UPDATE = (
 
 _DISABLE_ENDPOINT = (
     f"UPDATE endpoints SET state = '{EndpointState.DISABLED}', disabled_reason = ?,"
-    f" updated_at = ? WHERE id = ? AND state = '{EndpointState.ACTIVE}'"
+    f" updated_at = ? WHERE id = ?"
+    f" AND state IN ('{EndpointState.ACTIVE}', '{EndpointState.SUSPENDED}')"
 )
 
 _HOLD_WAITING_OF_SUSPENDED = (

@@ -386,13 +386,9 @@ class SqlStore(Store):
         return _page([_delivery(row) for row in rows], limit)
 
     def _replay_tx(self, tenant_id: str, selector: ReplaySelector, now: datetime) -> int:
-        conditions = [
-            _d.c.tenant_id == tenant_id,
-            _d.c.state.in_(REPLAYABLE_STATES),
-            _d.c.endpoint_id.in_(
-                select(endpoints.c.id).where(endpoints.c.state == EndpointState.ACTIVE)
-            ),
-        ]
+        """Dead and held deliveries of active endpoints go back to pending, due now; dead
+        ones of suspended endpoints are held, to drain when the endpoint resumes."""
+        conditions = [_d.c.tenant_id == tenant_id]
         if selector.ids:
             conditions.append(_d.c.id.in_(selector.ids))
         if selector.endpoint_id:
@@ -401,10 +397,14 @@ class SqlStore(Store):
             conditions.append(_d.c.created_at >= selector.since)
         if selector.until:
             conditions.append(_d.c.created_at < selector.until)
+
+        def of(state: EndpointState) -> Any:
+            return _d.c.endpoint_id.in_(select(endpoints.c.id).where(endpoints.c.state == state))
+
         with self._write() as conn:
-            result = conn.execute(
+            pending = conn.execute(
                 update(_d)
-                .where(*conditions)
+                .where(*conditions, _d.c.state.in_(REPLAYABLE_STATES), of(EndpointState.ACTIVE))
                 .values(
                     state=DeliveryState.PENDING,
                     retry_base=_d.c.attempts,
@@ -413,8 +413,22 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
+            held = conn.execute(
+                update(_d)
+                .where(
+                    *conditions,
+                    _d.c.state == DeliveryState.DEAD,
+                    of(EndpointState.SUSPENDED),
+                )
+                .values(
+                    state=DeliveryState.HELD,
+                    retry_base=_d.c.attempts,
+                    dead_reason=None,
+                    updated_at=now,
+                )
+            )
             self._announce(conn, WORK)
-        return int(result.rowcount)
+        return int(pending.rowcount) + int(held.rowcount)
 
     # email -----------------------------------------------------------------------
 
