@@ -112,6 +112,11 @@ async def _all_states(client: httpx.AsyncClient, key: str, ids: list[str]) -> li
     return [s for m in ids for s in await delivery_states(client, key, m)]
 
 
+async def _all_in(client: httpx.AsyncClient, key: str, ids: list[str], state: str) -> bool:
+    """Whether every delivery of the messages ``ids`` is in ``state``."""
+    return set(await _all_states(client, key, ids)) == {state}
+
+
 # the whole story ------------------------------------------------------------------------
 
 
@@ -243,10 +248,7 @@ async def test_deliveries_dead_in_the_outage_can_be_replayed_after_it(
     start = clock.now()
     sent = [(await send(client, key))["id"] for _ in range(4)]
 
-    async def all_dead() -> bool:
-        return set(await _all_states(client, key, sent)) == {"dead"}
-
-    await wait_for(all_dead)
+    await wait_for(lambda: _all_in(client, key, sent, "dead"))
     await app.health.evaluate()  # 4 dead in 30 min: critical, suspended
     assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
 
@@ -269,10 +271,7 @@ async def test_deliveries_dead_in_the_outage_can_be_replayed_after_it(
     assert replay.status_code == 200, replay.text
     assert replay.json()["replayed"] == 4
 
-    async def all_delivered() -> bool:
-        return set(await _all_states(client, key, sent)) == {"succeeded"}
-
-    await wait_for(all_delivered)
+    await wait_for(lambda: _all_in(client, key, sent, "succeeded"))
 
 
 async def test_deliveries_replayed_while_suspended_are_held_and_drain_on_resumption(
@@ -284,10 +283,7 @@ async def test_deliveries_replayed_while_suspended_are_held_and_drain_on_resumpt
     receiver.behaviour = status(500)
     sent = [(await send(client, key))["id"] for _ in range(3)]
 
-    async def all_in(state: str) -> bool:
-        return set(await _all_states(client, key, sent)) == {state}
-
-    await wait_for(lambda: all_in("dead"))
+    await wait_for(lambda: _all_in(client, key, sent, "dead"))
     await app.health.evaluate()
     assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
 
@@ -295,7 +291,7 @@ async def test_deliveries_replayed_while_suspended_are_held_and_drain_on_resumpt
         "/v1/deliveries/replay", json={"endpoint_id": endpoint["id"]}, headers=bearer(key)
     )
     assert replay.json()["replayed"] == 3
-    assert await all_in("held")
+    assert await _all_in(client, key, sent, "held")
     assert (await _endpoint(client, key, endpoint["id"]))["held"] == 3
     again = await client.post(
         "/v1/deliveries/replay", json={"endpoint_id": endpoint["id"]}, headers=bearer(key)
@@ -307,7 +303,7 @@ async def test_deliveries_replayed_while_suspended_are_held_and_drain_on_resumpt
     assert resumed.json()["draining"] == 3
     clock.advance(1)  # the drain's pace: 50 a second
     app.dispatcher.wake()
-    await wait_for(lambda: all_in("succeeded"))
+    await wait_for(lambda: _all_in(client, key, sent, "succeeded"))
 
 
 async def test_a_410_to_an_attempt_in_flight_at_the_suspension_disables_the_endpoint(
@@ -338,12 +334,8 @@ async def test_a_410_to_an_attempt_in_flight_at_the_suspension_disables_the_endp
         return (await _endpoint(client, key, endpoint["id"]))["state"] == "disabled"
 
     await wait_for(disabled)
-    await wait_for(lambda: _all_dead(client, key, [first, second]))
+    await wait_for(lambda: _all_in(client, key, [first, second], "dead"))
     assert len(receiver.received) == 1
-
-
-async def _all_dead(client: httpx.AsyncClient, key: str, ids: list[str]) -> bool:
-    return set(await _all_states(client, key, ids)) == {"dead"}
 
 
 # owner notices ----------------------------------------------------------------------------
@@ -522,7 +514,7 @@ async def test_auto_resume_after_a_signed_health_check_answered_in_time(
     receiver.secret = endpoint["secret"]
     receiver.behaviour = status(503)
     dead = (await send(client, key))["id"]
-    await wait_for(lambda: _all_dead(client, key, [dead]))
+    await wait_for(lambda: _all_in(client, key, [dead], "dead"))
     await app.health.evaluate()  # one dead: critical, suspended by tidings
     assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
     receiver.received.clear()
@@ -582,7 +574,7 @@ async def test_a_resumption_by_hand_during_a_health_check_is_no_error(
     endpoint = await new_endpoint(client, key, receiver.url, retry_schedule=[0])
     receiver.behaviour = status(503)
     dead = (await send(client, key))["id"]
-    await wait_for(lambda: _all_dead(client, key, [dead]))
+    await wait_for(lambda: _all_in(client, key, [dead], "dead"))
     await app.health.evaluate()
     assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
 

@@ -26,6 +26,16 @@ def test_a_slow_rate_allows_one_attempt_at_a_time() -> None:
     assert bucket.available(2.0) == 1
 
 
+def test_an_earlier_time_refills_nothing_and_sets_no_clock_back() -> None:
+    """Processes share a stored bucket with clocks a little apart: a claim that read an
+    earlier time must not make a later one refill the same interval again."""
+    bucket = TokenBucket.full(rate=10, now=10.0)
+    bucket.take(10, 10.0)
+    assert bucket.available(9.1) == 0
+    assert bucket.available(10.0) == 0  # not the 9 tokens of 9.1 s to 10 s
+    assert bucket.updated == 10.0
+
+
 @given(
     rate=st.floats(min_value=0.1, max_value=1000),
     steps=st.lists(st.floats(min_value=0, max_value=2), min_size=1, max_size=50),

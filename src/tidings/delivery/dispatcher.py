@@ -324,7 +324,7 @@ class Dispatcher:
         timeout = CAPPED_RETRY_S if self._capped else IDLE_WAKEUP_S
         if self._throttled:
             tick = time.monotonic()
-            timeout = min(self._buckets[e].wait(tick) for e in self._throttled)
+            timeout = min(timeout, *(self._buckets[e].wait(tick) for e in self._throttled))
             for endpoint_id in list(self._throttled):
                 self._start(endpoint_id)
         if not self._due_known:
@@ -488,9 +488,9 @@ def _email_outcome(
     ``email.delivered`` (the SMTP server accepted it) or ``email.failed``."""
     delivered = decision.verdict is Verdict.SUCCEEDED
     callback = None
-    request = orjson.loads(job.payload)
+    request = None if decision.verdict is Verdict.RETRY else orjson.loads(job.payload)
     # tidings' own emails (owner notices) are not the tenant's: no callback for them.
-    if decision.verdict is not Verdict.RETRY and request["template"] not in BUILTIN_TEMPLATES:
+    if request is not None and request["template"] not in BUILTIN_TEMPLATES:
         status = "delivered" if delivered else "failed"
         event = {
             "id": job.message_id,

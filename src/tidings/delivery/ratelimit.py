@@ -41,4 +41,6 @@ class TokenBucket:
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-        self.updated = now
+        # Never back: a shared bucket is read by clocks a little apart (several
+        # processes), and an earlier time would have the same interval refilled twice.
+        self.updated = max(self.updated, now)

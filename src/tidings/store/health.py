@@ -34,6 +34,7 @@ from tidings.store.schema import (
     deliveries,
     endpoint_minutes,
     endpoints,
+    notices,
     suspensions,
     to_micros,
 )
@@ -48,7 +49,7 @@ _MINUTE_US = 60_000_000
 
 def minute_rows(results: Sequence[AttemptResult], now: datetime) -> list[tuple[Any, ...]]:
     """``(endpoint_id, minute, attempts, failures, successes, dead)`` to add, one per
-    endpoint of ``results``, in the minute of ``now``."""
+    endpoint of ``results``, in the minute of ``now``, in the order of the ids."""
     minute = to_micros(now) // _MINUTE_US * _MINUTE_US  # type: ignore[operator]
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for result in results:
@@ -59,7 +60,7 @@ def minute_rows(results: Sequence[AttemptResult], now: datetime) -> list[tuple[A
         else:
             row[1] += 1
             row[3] += result.state is DeliveryState.DEAD
-    return [(endpoint_id, minute, *row) for endpoint_id, row in counts.items()]
+    return [(endpoint_id, minute, *counts[endpoint_id]) for endpoint_id in sorted(counts)]
 
 
 def breaker_row(result: AttemptResult, now_us: int | None) -> tuple[Any, ...]:
@@ -166,6 +167,16 @@ def last_errors(
         .limit(limit)
     )
     return [(row.started_at, _error_text(row.status_code, row.error)) for row in rows]
+
+
+def last_notice_at(conn: Connection, endpoint_id: str, url: str, kind: str) -> datetime | None:
+    """When the last notice of ``kind`` about the endpoint at ``url`` went out."""
+    n = notices.c
+    return conn.scalar(  # type: ignore[no-any-return]
+        select(func.max(n.sent_at)).where(
+            n.endpoint_id == endpoint_id, n.url == url, n.kind == kind
+        )
+    )
 
 
 def _error_text(status: int | None, error: str | None) -> str:

@@ -89,21 +89,24 @@ def apply_results(
             cursor.execute(_sql(_RESULT_UPDATE, percent), update)
             if cursor.rowcount:
                 applied.add(result.delivery_id)
+    # Rows other workers' batches also write (an endpoint's minute, breaker, state) are
+    # written in the order of the endpoints' ids, so two batches never deadlock.
     run(_ADD_MINUTE, minute_rows(results, now))
-    changed = [r for r in results if r.breaker is not None]
-    if changed:
+    changed = sorted((r for r in results if r.breaker is not None), key=lambda r: r.endpoint_id)
+    if changed:  # (a stable sort: an endpoint's last change is written last)
         run(_SAVE_BREAKER, [breaker_row(r, now_us) for r in changed])
     gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
     if gone:
         run(_DISABLE_ENDPOINT, [(GONE, now_us, e) for e in gone])
     # Retries of an endpoint disabled meanwhile (by a 410 here or earlier) would
     # wait for ever: they end now. Those of one suspended meanwhile are held.
-    waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
+    waiting = sorted({r.endpoint_id for r in results if r.state is DeliveryState.PENDING})
     if not gone and not waiting:
         return 0
     if waiting:
         run(_HOLD_WAITING_OF_SUSPENDED, [(now_us, e) for e in waiting])
-    return run(_KILL_WAITING_OF_DISABLED, [(DISABLED, now_us, e) for e in waiting.union(gone)])
+    ended = sorted({*waiting, *gone})
+    return run(_KILL_WAITING_OF_DISABLED, [(DISABLED, now_us, e) for e in ended])
 
 
 @lru_cache(maxsize=64)

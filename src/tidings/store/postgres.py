@@ -238,7 +238,7 @@ def _allowed(
     its rate limit's bucket (kept in the store) holds; the buckets read; and the
     endpoints whose ``max_in_flight`` allowed fewer than wanted. The endpoints' claims
     are serialised by a lock each, held to the end of the transaction; taken in the
-    order of their ids, so two claims never wait for each other in a cycle."""
+    order of their keys, so two claims never wait for each other in a cycle."""
     ids = list(wanted)
     cursor.execute(_LOCK_ENDPOINTS, (ids,))
     cursor.execute(_LIMITS, (ids,))
@@ -275,7 +275,7 @@ def _spend(
             buckets[endpoint_id].take(1, at)
     cursor.executemany(
         _SAVE_BUCKET,
-        [(e, b.tokens, to_micros(now)) for e, b in buckets.items()],
+        [(e, b.tokens, round(b.updated * 1_000_000)) for e, b in buckets.items()],
     )
 
 
@@ -321,10 +321,11 @@ def _driver_errors() -> Iterator[None]:
         raise StoreError(f"the store failed: {exc}") from exc
 
 
-# One lock per endpoint claimed from, in id order (the parameter: the ids, sorted).
+# One lock per endpoint claimed from (the parameter: the ids), in the order of the
+# locks' keys: two ids may hash alike and share one.
 _LOCK_ENDPOINTS = (
-    f"SELECT pg_advisory_xact_lock({CLAIM_LOCKS}, hashtext(e))"
-    " FROM (SELECT e FROM unnest(%s::text[]) AS e ORDER BY e) AS ordered"
+    f"SELECT pg_advisory_xact_lock({CLAIM_LOCKS}, h)"
+    " FROM (SELECT DISTINCT hashtext(e) AS h FROM unnest(%s::text[]) AS e ORDER BY h) AS ordered"
 )
 
 # Each endpoint's caps, how many of its deliveries are in flight (any worker's), and

@@ -686,29 +686,16 @@ class SqlStore(Store):
             )
 
     def _last_notice_at_tx(self, endpoint_id: str, url: str, kind: str) -> datetime | None:
-        n = notices.c
         with self._read() as conn:
-            return conn.scalar(  # type: ignore[no-any-return]
-                select(func.max(n.sent_at)).where(
-                    n.endpoint_id == endpoint_id, n.url == url, n.kind == kind
-                )
-            )
+            return health.last_notice_at(conn, endpoint_id, url, kind)
 
     def _publish_notice_tx(
         self, notice: Notice, published: Sequence[NewMessage], dedupe_since: datetime | None
     ) -> bool:
-        n = notices.c
         with self._write() as conn:
             if dedupe_since is not None:
-                sent = conn.scalar(
-                    select(func.count()).where(
-                        n.endpoint_id == notice.endpoint_id,
-                        n.url == notice.url,
-                        n.kind == notice.kind,
-                        n.sent_at > dedupe_since,
-                    )
-                )
-                if sent:
+                last = health.last_notice_at(conn, notice.endpoint_id, notice.url, notice.kind)
+                if last is not None and last > dedupe_since:
                     return False
             self._announce(conn, ENDPOINTS)  # its email may have made the email lane
             accepted = _Ingest(conn, notice.sent_at, notice.sent_at).run(published)
@@ -1203,7 +1190,6 @@ def _delivery(row: Row[Any]) -> Delivery:
 def _endpoint(row: Row[Any]) -> Endpoint:
     data = row._asdict()
     data.pop("deleted_at", None)
-    data.setdefault("tenant_alarm_policy", None)
     data["event_types"] = tuple(orjson.loads(data["event_types"]))
     schedule = data["retry_schedule"]
     data["retry_schedule"] = tuple(orjson.loads(schedule)) if schedule else None
