@@ -58,6 +58,8 @@ class ApiKey:
     prefix: str
     key_hash: str
     created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,8 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", Timestamp, nullable=False),
+    Column("last_used_at", Timestamp),  # to the minute (see api.auth.KeyCache)
+    Column("revoked_at", Timestamp),  # set: the key no longer authenticates
 )
 
 endpoints = Table(
