@@ -33,10 +33,11 @@ from tidings.delivery.health import HealthMonitor
 from tidings.email.lookup import Lookups
 from tidings.email.sending import EmailSender
 from tidings.exceptions import Conflict
+from tidings.keys import KeyCache
 from tidings.metrics import Metrics
 from tidings.models import Accepted, NewMessage
 from tidings.store import Store, open_store
-from tidings.store.sql import ENDPOINTS, SCHEDULE
+from tidings.store.sql import ENDPOINTS, KEYS, SCHEDULE
 
 # "all": API and delivery engine; "api": the API only; "worker": the engine only.
 Role = Literal["all", "api", "worker"]
@@ -106,6 +107,7 @@ class Tidings:
             self.store, self.dispatcher, self.channel, self.metrics, self.clock, settings
         )
         self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
+        self.keys = KeyCache(self.store, self.clock)
         self.admin_token_hash = ""
         self.new_admin_token: str | None = None
         self.failed = asyncio.Event()
@@ -123,6 +125,13 @@ class Tidings:
             self.metrics.template_known(name)
         self._supervise("ingest", self.ingest.run)
         self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
+        loop = asyncio.get_running_loop()
+
+        def hear(news: str) -> None:  # on the store's listening thread
+            loop.call_soon_threadsafe(self._heard, news)
+
+        # Every role listens: an API process must hear of a key revoked elsewhere.
+        await self.store.listen(hear)
         if self.delivers:
             await self._start_engine()
 
@@ -132,12 +141,6 @@ class Tidings:
         if self.smtp is not None:
             await self.smtp.open()
         await self.store.reclaim_expired_leases(self.clock.now())
-        loop = asyncio.get_running_loop()
-
-        def hear(news: str) -> None:  # on the store's listening thread
-            loop.call_soon_threadsafe(self._heard, news)
-
-        await self.store.listen(hear)
         if self.senders is not None:
             self._supervise("senders", self.senders.run)
         self._supervise("results", self.dispatcher.results.run)
@@ -150,7 +153,11 @@ class Tidings:
 
     def _heard(self, news: str) -> None:
         """Another process's write committed ``news`` (see Store.listen)."""
-        if news == SCHEDULE:
+        if news == KEYS:
+            self.keys.forget()
+        elif not self.delivers:
+            return
+        elif news == SCHEDULE:
             self.dispatcher.schedule_changed()
         elif news == ENDPOINTS:
             self.dispatcher.endpoints_changed()

@@ -7,7 +7,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings import __version__
 from tidings.api import emails, endpoints, health, messages, problems, templates, tenants
-from tidings.api.auth import KeyCache
 from tidings.app import Tidings
 
 
@@ -22,7 +21,6 @@ def create_api(tidings: Tidings, *, operations_only: bool = False) -> ASGIApp:
         redoc_url=None,
     )
     api.state.tidings = tidings
-    api.state.keys = KeyCache()
     problems.install(api)
     everything = (health, tenants, endpoints, messages, templates, emails)
     for module in (health,) if operations_only else everything:

@@ -22,6 +22,7 @@ from tidings.delivery.alarms import MAX_WINDOW_S, AlarmPolicy
 from tidings.delivery.circuit import Breaker, CircuitState
 from tidings.delivery.policy import validate_schedule
 from tidings.models import (
+    ApiKey,
     Attempt,
     Delivery,
     DeliveryState,
@@ -177,6 +178,30 @@ class ApiKeyOut(BaseModel):
     prefix: str
     key: str = Field(description="The API key. It is shown only this once; store it now.")
     created_at: datetime
+
+
+class ApiKeyInfo(BaseModel):
+    """An API key as listed: never the key itself, which only its creation showed."""
+
+    id: str
+    tenant_id: str
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    last_used_at: datetime | None = Field(
+        description="When the key last authenticated a request, to the minute; null: never."
+    )
+    revoked_at: datetime | None = Field(description="When the key was revoked; null: it is live.")
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyInfo:
+        return cls(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            last_used_at=key.last_used_at,
+            revoked_at=key.revoked_at,
+        )
 
 
 class EndpointIn(_In):

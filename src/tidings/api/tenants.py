@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from tidings import ids
 from tidings.api.auth import Admin, App
 from tidings.api.schemas import (
     AlarmPolicyPatch,
+    ApiKeyInfo,
     ApiKeyOut,
     PageOut,
     TenantIn,
@@ -94,6 +95,31 @@ async def create_api_key(tenant_id: str, app: App) -> ApiKeyOut:
         key=key,
         created_at=record.created_at,
     )
+
+
+@router.get("/{tenant_id}/api-keys")
+async def list_api_keys(
+    tenant_id: str,
+    app: App,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> PageOut[ApiKeyInfo]:
+    """The tenant's API keys, newest first, revoked ones included: prefix, when each
+    was made, last used and revoked. Never the key itself."""
+    await _tenant(app, tenant_id)
+    page = await app.store.list_api_keys(tenant_id, cursor=cursor, limit=limit)
+    return PageOut(data=[ApiKeyInfo.of(k) for k in page.items], next_cursor=page.next_cursor)
+
+
+@router.delete("/{tenant_id}/api-keys/{key_id}", status_code=204, response_class=Response)
+async def revoke_api_key(tenant_id: str, key_id: str, app: App) -> Response:
+    """Revoke the key: from now on every tidings process on this store refuses it
+    (401). Revoking a revoked key changes nothing."""
+    await _tenant(app, tenant_id)
+    if await app.store.revoke_api_key(tenant_id, key_id, app.clock.now()) is None:
+        raise NotFound(f"tenant {tenant_id!r} has no API key {key_id!r}")
+    app.keys.forget()  # this process at once; the others hear "keys" from the store
+    return Response(status_code=204)
 
 
 def _checked(current: str | None, patch: AlarmPolicyPatch | None) -> str | None:

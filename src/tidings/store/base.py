@@ -57,9 +57,10 @@ class Store(ABC):
     async def listen(self, hear: Callable[[str], None]) -> None:
         """From now until :meth:`close`, call ``hear(news)`` (from any thread) whenever
         another process's write committed ``news``: ``"work"`` (deliveries due now),
-        ``"endpoints"`` (endpoints or policies changed) or ``"schedule"`` (deliveries
-        made due later). Missing one only delays work until the dispatcher's next look
-        at the store."""
+        ``"endpoints"`` (endpoints or policies changed), ``"schedule"`` (deliveries
+        made due later) or ``"keys"`` (an API key was revoked). Missing one of the first
+        three only delays work until the dispatcher's next look at the store; a missed
+        ``"keys"`` lets a revoked key work until its cache entry expires."""
 
     @abstractmethod
     async def lead(self) -> bool:
@@ -92,8 +93,23 @@ class Store(ABC):
     async def create_api_key(self, key: ApiKey) -> None: ...
 
     @abstractmethod
-    async def tenant_for_key(self, key_hash: str) -> str | None:
-        """The tenant id owning the API key with this SHA-256 hash, if any."""
+    async def api_key_for_hash(self, key_hash: str) -> ApiKey | None:
+        """The API key with this SHA-256 hash, if there is one and it is not revoked."""
+
+    @abstractmethod
+    async def list_api_keys(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[ApiKey]:
+        """The tenant's API keys, revoked ones included, newest first."""
+
+    @abstractmethod
+    async def revoke_api_key(self, tenant_id: str, key_id: str, now: datetime) -> ApiKey | None:
+        """Revoke the tenant's key ``key_id`` (a revoked one keeps its first revocation
+        time) and tell every process (``"keys"``); None if the tenant has no such key."""
+
+    @abstractmethod
+    async def touch_api_key(self, key_id: str, now: datetime) -> None:
+        """Record that the key was used at ``now``."""
 
     # endpoints -----------------------------------------------------------------
 

@@ -98,6 +98,7 @@ EMAIL_LANE_MAX_IN_FLIGHT = 10  # emails of one tenant in flight at once
 WORK = "work"  # new deliveries are due now
 ENDPOINTS = "endpoints"  # endpoints (or their policies) changed
 SCHEDULE = "schedule"  # deliveries were made due at times no worker wrote
+KEYS = "keys"  # an API key was revoked: forget what was cached of keys
 
 
 # Only a delivery still in flight under the lease it was claimed with goes back:
@@ -275,10 +276,41 @@ class SqlStore(Store):
         with self._write() as conn:
             conn.execute(insert(api_keys).values(**_fields(key)))
 
-    def _tenant_for_key_tx(self, key_hash: str) -> str | None:
+    def _api_key_for_hash_tx(self, key_hash: str) -> ApiKey | None:
+        query = select(api_keys).where(
+            api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+        )
         with self._read() as conn:
-            value = conn.scalar(select(api_keys.c.tenant_id).where(api_keys.c.key_hash == key_hash))
-        return None if value is None else str(value)
+            row = conn.execute(query).first()
+        return None if row is None else ApiKey(**row._asdict())
+
+    def _list_api_keys_tx(self, tenant_id: str, *, cursor: str | None, limit: int) -> Page[ApiKey]:
+        query = (
+            select(api_keys)
+            .where(api_keys.c.tenant_id == tenant_id)
+            .order_by(api_keys.c.id.desc())
+            .limit(limit + 1)
+        )
+        if cursor:
+            query = query.where(api_keys.c.id < cursor)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return _page([ApiKey(**row._asdict()) for row in rows], limit)
+
+    def _revoke_api_key_tx(self, tenant_id: str, key_id: str, now: datetime) -> ApiKey | None:
+        mine = and_(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id)
+        with self._write() as conn:
+            revoked = conn.execute(
+                update(api_keys).where(mine, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
+            ).rowcount
+            row = conn.execute(select(api_keys).where(mine)).first()
+            if revoked:
+                self._announce(conn, KEYS)
+        return None if row is None else ApiKey(**row._asdict())
+
+    def _touch_api_key_tx(self, key_id: str, now: datetime) -> None:
+        with self._write(durable=False) as conn:
+            conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now))
 
     # endpoints -------------------------------------------------------------------
 
@@ -793,8 +825,21 @@ class SqlStore(Store):
     async def create_api_key(self, key: ApiKey) -> None:
         return await self._writing(partial(self._create_api_key_tx, key))
 
-    async def tenant_for_key(self, key_hash: str) -> str | None:
-        return await self._reading(partial(self._tenant_for_key_tx, key_hash))
+    async def api_key_for_hash(self, key_hash: str) -> ApiKey | None:
+        return await self._reading(partial(self._api_key_for_hash_tx, key_hash))
+
+    async def list_api_keys(
+        self, tenant_id: str, *, cursor: str | None, limit: int
+    ) -> Page[ApiKey]:
+        return await self._reading(
+            partial(self._list_api_keys_tx, tenant_id, cursor=cursor, limit=limit)
+        )
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str, now: datetime) -> ApiKey | None:
+        return await self._writing(partial(self._revoke_api_key_tx, tenant_id, key_id, now))
+
+    async def touch_api_key(self, key_id: str, now: datetime) -> None:
+        await self._writing(partial(self._touch_api_key_tx, key_id, now))
 
     async def create_endpoint(self, endpoint: Endpoint) -> None:
         return await self._writing(partial(self._create_endpoint_tx, endpoint))
