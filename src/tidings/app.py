@@ -188,6 +188,7 @@ class Tidings:
             await self.lookups.close()
             if self.smtp is not None:
                 await self.smtp.close()
+        await self.emails.close()
         await self.store.close()
 
     async def accept(self, message: NewMessage) -> Accepted:

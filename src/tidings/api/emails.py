@@ -13,7 +13,6 @@ from pydantic import AfterValidator, BaseModel, Field, JsonValue
 from tidings.api.auth import App, TenantId
 from tidings.api.messages import idempotency_key
 from tidings.api.schemas import AttemptOut, Email, PageOut, _finite, _In
-from tidings.email import templates
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput, MissingField, NotFound
 from tidings.models import DeliveryState, EmailDetail, EmailRequest, NewMessage, SinkEmail
@@ -128,7 +127,7 @@ async def send_email(
     if stored is None:
         raise InvalidInput(f"template: no template {body.template!r}")
     values: dict[str, Any] = {**body.personalisation, "to": body.to}
-    missing = sorted(templates.fields_used(template_of(stored)) - values.keys())
+    missing = sorted(await app.emails.renderer.fields(template_of(stored)) - values.keys())
     if missing:
         raise MissingField(
             "personalisation: the template uses "

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import App, TenantId
 from tidings.api.schemas import PageOut
-from tidings.channels.ssrf import SsrfGuard
 from tidings.email import templates
 from tidings.email.stored import template_from
 from tidings.exceptions import Conflict, InvalidEndpointUrl, InvalidTemplate, NotFound
@@ -84,15 +83,16 @@ def _definition(name: str, body: TemplateBody) -> dict[str, Any]:
     return {"name": name, **body.model_dump(exclude_none=True)}
 
 
-def _checked(name: str, body: TemplateBody, guard: SsrfGuard) -> templates.Template:
-    """The template, refused with a problem document if it cannot work."""
+async def _checked(app: App, name: str, body: TemplateBody) -> templates.Template:
+    """The template, refused with a problem document if it cannot work (compiled by
+    the renderer: a template's compile is bounded in time and memory too)."""
     template = template_from(_definition(name, body))
-    templates.check(template)
+    await app.emails.renderer.check(template)
     if body.lookup is not None:
         if _TEMPLATED_ORIGIN.match(body.lookup.url):
             raise InvalidTemplate("lookup.url: the scheme and host must be written out")
         try:
-            guard.check_url(body.lookup.url)
+            app.guard.check_url(body.lookup.url)
         except InvalidEndpointUrl as exc:
             raise InvalidTemplate(f"lookup.url: {exc.detail}") from None
     return template
@@ -101,7 +101,7 @@ def _checked(name: str, body: TemplateBody, guard: SsrfGuard) -> templates.Templ
 async def _store(
     app: App, tenant_id: str, name: str, body: TemplateBody, *, create: bool
 ) -> StoredTemplate:
-    _checked(name, body, app.guard)
+    await _checked(app, name, body)
     now = app.clock.now()
     definition = orjson.dumps(_definition(name, body)).decode()
     stored = StoredTemplate(tenant_id, name, definition, now, now)

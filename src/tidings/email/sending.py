@@ -5,7 +5,9 @@ lane) and hands it here. This reads the template as it is now, runs its lookup
 (never in the API request: here, at send time, bounded by its timeout, and any
 failure means the template's own content), renders the chosen variant and
 sends it through SMTP, or into the embedded mail sink when no SMTP server is
-configured.
+configured. Rendering happens in the :class:`~tidings.email.renderer.Renderer`'s
+child processes, bounded in time and memory: a template that breaks a bound is a
+permanent refusal like any other fault of the template.
 
 An email that can never be sent as it stands (its template was deleted, or
 changed so a field is now missing) is a permanent refusal: the policy makes it
@@ -27,6 +29,7 @@ from tidings.delivery.policy import Outcome
 from tidings.email import templates
 from tidings.email.lookup import LookupOutcome, Lookups
 from tidings.email.notices import BUILTIN_TEMPLATES
+from tidings.email.renderer import Renderer
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput
 from tidings.metrics import Metrics
@@ -58,8 +61,11 @@ class EmailSender:
         sender: str,
         message_id_domain: str,
         lookup_budget_s: float,
+        renderer: Renderer | None = None,
     ) -> None:
         self._store = store
+        self.renderer = renderer or Renderer()
+        """Compiles and renders every template, within its bounds; the API's too."""
         self._lookups = lookups
         self._metrics = metrics
         self._smtp = smtp
@@ -69,6 +75,9 @@ class EmailSender:
         # request timeout), so it ends, and counts towards its breaker, on its own.
         self._lookup_budget_ms = max(int(lookup_budget_s * 1000), 1)
         self._templates: dict[tuple[str, str], tuple[float, templates.Template | None]] = {}
+
+    async def close(self) -> None:
+        await self.renderer.close()
 
     def forget(self, tenant_id: str, name: str) -> None:
         """A template changed or was deleted (through this process's API)."""
@@ -100,7 +109,7 @@ class EmailSender:
         values: dict[str, Any] = {**request.get("personalisation", {}), "to": request["to"]}
         try:
             choice = await self._choose(tenant_id, template, values)
-            content = templates.render(template, choice.variant, values)
+            content = await self.renderer.render(template, choice.variant, values)
         except InvalidInput as exc:
             return _refused(exc.detail), _NONE
         choice = Choice(choice.variant, choice.reason, content.subject)
@@ -136,7 +145,7 @@ class EmailSender:
         lookup = template.lookup
         if lookup is None:
             return Choice(None, "the template has no lookup", None)
-        url = templates.render_lookup_url(lookup, values)
+        url = await self.renderer.render_lookup_url(template, values)
         result = await self._lookups.fetch(
             f"{tenant_id}/{template.name}",
             url,

@@ -34,6 +34,12 @@ The rules:
 * **A lookup within bounds.** ``select`` is a JSON Pointer (RFC 6901: ``""`` or
   ``/``-separated tokens, ``~`` only as ``~0`` or ``~1``); ``timeout_ms`` is
   :data:`MIN_TIMEOUT_MS` to :data:`MAX_TIMEOUT_MS`. Another module evaluates both.
+* **Bounded.** A part renders to at most :data:`~tidings.email.bounds.MAX_RENDERED`
+  characters, and ``*`` and ``**`` refuse to build a string, list or integer far
+  beyond that. Time and memory are bounded where this module runs: tidings compiles
+  and renders only in a child process (:mod:`tidings.email.renderer`); there a
+  :exc:`MemoryError` or the deadline's :exc:`~tidings.email.bounds.Overtime` becomes
+  :exc:`~tidings.email.bounds.BoundExceeded` naming the part.
 * **Compiled once.** Each distinct (source, kind) is parsed and compiled once and kept,
   with the names it uses, in a bounded LRU cache of :data:`COMPILED_CACHE_SIZE` entries.
 
@@ -60,6 +66,7 @@ from jinja2 import StrictUndefined, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tidings.email.bounds import MAX_RENDERED, Bound, BoundExceeded, Overtime
 from tidings.exceptions import InvalidInput, InvalidTemplate, MissingField
 
 __all__ = [
@@ -82,8 +89,7 @@ MIN_TIMEOUT_MS: Final = 1
 MAX_TIMEOUT_MS: Final = 10_000
 MAX_REPEAT: Final = 100_000  # the longest string or list ``*`` may build
 MAX_EXPONENT: Final = 1_000
-MAX_POWER_BITS: Final = 100_000  # the largest integer ``**`` may build, in bits
-MAX_RENDERED: Final = 1_000_000  # characters a part may render to
+MAX_POWER_BITS: Final = 100_000  # the largest integer ``**`` or ``*`` may build, in bits
 """The longest lookup timeout a template may ask for, in milliseconds."""
 
 COMPILED_CACHE_SIZE: Final = 1024
@@ -175,11 +181,22 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             bits = max(abs(int(left)), 2).bit_length() * abs(right)
             if abs(right) > MAX_EXPONENT or bits > MAX_POWER_BITS:
                 raise SecurityError("a power that large is not allowed")
+        if (
+            operator == "*"
+            and _integer(left)
+            and _integer(right)
+            and abs(left).bit_length() + abs(right).bit_length() > MAX_POWER_BITS
+        ):
+            raise SecurityError("a product that large is not allowed")
         if operator == "*":
             size, times = (left, right) if _number(right) else (right, left)
             if _number(times) and hasattr(size, "__len__") and len(size) * times > MAX_REPEAT:
                 raise SecurityError(f"a repetition longer than {MAX_REPEAT} is not allowed")
         return super().call_binop(context, operator, left, right)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(value: object) -> bool:
@@ -306,6 +323,10 @@ def _compile(part: _Part) -> _Compiled:
     """``part`` compiled (from the cache when it can be), or :exc:`InvalidTemplate`."""
     try:
         return _compiled(part.source, part.kind)
+    except MemoryError:
+        raise BoundExceeded.of(Bound.MEMORY, part.name, "compile") from None
+    except Overtime:
+        raise BoundExceeded.of(Bound.TIME, part.name, "compile") from None
     except TemplateSyntaxError as exc:
         raise InvalidTemplate(f"{part.name}: line {exc.lineno}: {exc.message}") from exc
     except (RecursionError, SyntaxError) as exc:
@@ -331,11 +352,27 @@ def _compiled(source: str, kind: _Kind) -> _Compiled:
     return _Compiled(environment.from_string(tree), fields)
 
 
+def compiled_count() -> int:
+    """How many compiled sources are kept (see :data:`COMPILED_CACHE_SIZE`)."""
+    return _compiled.cache_info().currsize
+
+
+def forget_compiled() -> None:
+    """Drop every compiled source, to free their memory."""
+    _compiled.cache_clear()
+
+
 def _render(part: _Part, values: Mapping[str, Any]) -> str:
     """``part`` rendered with ``values``, Jinja's and Python's errors turned into ours."""
     template = _compile(part).template
     try:
         return _bounded(template.generate(values), part.name)
+    except MemoryError:
+        raise BoundExceeded.of(Bound.MEMORY, part.name) from None
+    except Overtime:
+        raise BoundExceeded.of(Bound.TIME, part.name) from None
+    except InvalidTemplate:
+        raise
     except SecurityError as exc:
         raise InvalidTemplate(f"{part.name}: {exc}") from exc
     except UndefinedError as exc:
@@ -354,7 +391,7 @@ def _bounded(chunks: Iterator[str], part: str) -> str:
     for chunk in chunks:
         size += len(chunk)
         if size > MAX_RENDERED:
-            raise SecurityError(f"renders to more than {MAX_RENDERED} characters")
+            raise BoundExceeded.of(Bound.SIZE, part)
         out.append(chunk)
     return "".join(out)
 
