@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import os
+import signal
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
 
+from tidings.email.bounds import (
+    MAX_RENDERED,
+    RENDER_DEADLINE_S,
+    RENDER_MEMORY_MB,
+    Bound,
+    BoundExceeded,
+)
+from tidings.email.renderer import Renderer
 from tidings.email.templates import (
     MAX_TIMEOUT_MS,
     Content,
@@ -413,3 +426,173 @@ def test_small_repetitions_still_work_and_lipsum_is_gone() -> None:
     assert render(template, None, {}).text == "---1024"
     with pytest.raises(MissingField):
         render(Template("l", Content("s", "{{ lipsum() }}")), None, {})
+
+
+# --- the renderer: time and memory bounds, in a child process ----------------------
+
+# Each builds something far past the memory bound (48 MB) before any size check
+# could see it: filters, methods, operators, and the string of a nested value.
+_BIG = "{% set a = 'x' * 100000 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+_BIGGER = _BIG + "{% set c = [b, b, b, b, b, b, b, b, b, b] %}"
+ALLOCATING = [
+    "{{ ''|center(200000000) }}",
+    "{{ 'x'.ljust(10 ** 9) }}",
+    "{{ '1'.zfill(10 ** 9) }}",
+    "{{ ('\t' * 1000).expandtabs(1000000) }}",
+    "{{ ('x' * 100000)|replace('x', 'x' * 100000) }}",
+    "{{ ('x' * 100000).replace('x', 'y' * 100000) }}",
+    "{{ '%0200000000d'|format(1) }}",
+    "{{ '%0200000000d' % 1 }}",
+    "{{ '{:>200000000}'.format(1) }}",
+    "{{ ('x\n' * 1000)|indent(1000000) }}",
+    "{{ [1, 2]|batch(1000000000, 0)|list }}",
+    "{{ ('x' * 100000)|list|map('center', 2000)|join }}",
+    _BIGGER + "{{ [c, c, c, c, c, c, c, c, c, c]|join }}",
+    _BIGGER + "{{ [c, c, c, c, c, c, c, c, c, c] }}",
+    _BIGGER + "{{ [c, c, c, c, c, c, c, c, c, c]|tojson }}",
+    _BIGGER + "{{ [c, c, c, c, c, c, c, c, c, c]|string|length }}",
+    "{% set ns = namespace(s='x' * 100000) %}"
+    "{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "{% set ns = namespace(s=[0] * 100000) %}"
+    "{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+]
+SPINNING = [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in range(100000) %}{{ ('x' ~ i)|center(1000000)|length }}{% endfor %}",
+    "{% macro m(n) %}{% for i in range(100000) %}{% endfor %}{{ m(n) }}{% endmacro %}{{ m(1) }}",
+]
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Iterator[Renderer]:
+    """One renderer (two children) for the module: it is not bound to an event loop."""
+    bounded = Renderer()
+    yield bounded
+    asyncio.run(bounded.close())
+
+
+def _text(source: str) -> Template:
+    return Template("hostile", Content("Hi", source))
+
+
+@pytest.mark.parametrize("source", ALLOCATING)
+async def test_a_render_cannot_take_more_memory_than_its_bound(
+    renderer: Renderer, source: str
+) -> None:
+    with pytest.raises(BoundExceeded) as raised:
+        await renderer.render(_text(source), None, {})
+
+    assert raised.value.bound in (Bound.MEMORY, Bound.SIZE)
+    assert raised.value.detail.startswith("text: ")
+    assert raised.value.detail.endswith(f"(the {raised.value.bound} bound)")
+
+
+async def test_the_memory_bound_says_so(renderer: Renderer) -> None:
+    with pytest.raises(BoundExceeded) as raised:
+        await renderer.render(_text("{{ ''|center(200000000) }}"), None, {})
+
+    assert raised.value.bound is Bound.MEMORY
+    assert raised.value.detail == (
+        f"text: needs more than {RENDER_MEMORY_MB} MB of memory to render (the memory bound)"
+    )
+
+
+@pytest.mark.parametrize("source", SPINNING)
+async def test_a_render_cannot_take_longer_than_its_deadline(
+    renderer: Renderer, source: str
+) -> None:
+    with pytest.raises(BoundExceeded) as raised:
+        await renderer.render(_text(source), None, {})
+
+    assert raised.value.bound is Bound.TIME
+    assert raised.value.detail == (
+        f"text: takes longer than {RENDER_DEADLINE_S:g} s to render (the time bound)"
+    )
+
+
+async def test_the_size_bound_says_so(renderer: Renderer) -> None:
+    template = Template("big", Content("Hi", "x", html="{{ 'x' * 100000 }}" * 11))
+
+    with pytest.raises(BoundExceeded) as raised:
+        await renderer.render(template, None, {})
+
+    assert raised.value.bound is Bound.SIZE
+    assert raised.value.detail == (
+        f"html: renders to more than {MAX_RENDERED} characters (the size bound)"
+    )
+
+
+async def test_a_template_that_takes_too_long_to_compile_is_refused(renderer: Renderer) -> None:
+    template = Template("slow", Content("Hi", "{{ a }}" * 14_000, html="{{ a }}" * 14_000))
+
+    with pytest.raises(BoundExceeded, match=r"^(text|html): takes longer than .* to compile"):
+        await renderer.check(template)
+
+
+async def test_a_child_that_does_not_answer_is_killed_at_the_deadline() -> None:
+    """The alarm can be missed (a long call in C); the parent kills the child then."""
+    others = set(_children())
+    renderer = Renderer(children=1)
+    try:
+        assert await renderer.fields(CONFIRM) == {"name", "to"}
+        [child] = set(_children()) - others
+        os.kill(child, signal.SIGSTOP)
+        with pytest.raises(BoundExceeded) as raised:
+            await renderer.render(CONFIRM, None, VALUES)
+        assert raised.value.bound is Bound.TIME
+        assert raised.value.detail == (
+            f"takes longer than {RENDER_DEADLINE_S:g} s to render (the time bound)"
+        )
+        assert child not in _children()
+        assert (await renderer.render(CONFIRM, None, VALUES)).subject == "Please confirm, Ada"
+    finally:
+        await renderer.close()
+    assert set(_children()) <= others
+
+
+async def test_after_hostile_templates_legitimate_ones_render(renderer: Renderer) -> None:
+    for source in (ALLOCATING[0], SPINNING[0]):
+        with pytest.raises(BoundExceeded):
+            await renderer.render(_text(source), None, {})
+    template = Template(
+        "digest",
+        Content(
+            "{{ items|length }} news for {{ name|title }}",
+            "{% for item in items|sort %}{{ loop.index }}. {{ item|upper|center(9) }}\n{% endfor %}"
+            "{{ items|join(', ') }} {{ '%05.1f'|format(score) }} {{ '-' * 3 }}",
+            "<ul>{% for item in items %}<li>{{ item }}</li>{% endfor %}</ul>",
+        ),
+    )
+    values = {"name": "ada", "items": ["b<", "a"], "score": 9.25}
+
+    assert await renderer.check(template) == {"items", "name", "score"}
+    assert await renderer.render(template, None, values) == Content(
+        "2 news for Ada",
+        "1.     A    \n2.     B<   \nb<, a 009.2 ---",
+        "<ul><li>b&lt;</li><li>a</li></ul>",
+    )
+
+
+async def test_the_renderer_raises_what_render_raises(renderer: Renderer) -> None:
+    with pytest.raises(MissingField, match=r"^text: 'name' is undefined"):
+        await renderer.render(_plain("{{ name }}"), None, {})
+    with pytest.raises(InvalidTemplate, match=r"^text: "):
+        await renderer.render(_plain("{{ ''.__class__ }}"), None, {})
+    with pytest.raises(InvalidInput, match=r"^text: "):
+        await renderer.render(_plain("{{ name|round }}"), None, {"name": "Ada"})
+    with pytest.raises(InvalidTemplate, match=r"^text: line 1"):
+        await renderer.check(_plain("{{ name }"))
+    url = await renderer.render_lookup_url(CONFIRM, {"to": "a+b@example.com"})
+    assert url == "http://crm.internal/supporters?email=a%2Bb%40example.com"
+
+
+def _children() -> list[int]:
+    """The processes this one started that are still running."""
+    found = []
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append(int(pid))
+    return found
