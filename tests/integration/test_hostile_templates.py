@@ -1,0 +1,294 @@
+"""Hostile templates through the whole pipeline: they fail, tidings stays up.
+
+A tenant's templates allocate (filters, methods, the string of a nested value),
+spin (nested loops) or take long to compile. Each email of one fails at once,
+naming the bound it broke, after one attempt; meanwhile another tenant's email
+goes out through a real aiosmtpd server, ``/healthz`` keeps answering, and the
+memory of tidings (this process and the render processes it started) stays within
+128 MB of what it was before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from support import (
+    BOTH_BACKENDS,
+    Mailbox,
+    SmtpController,
+    assert_problem,
+    bearer,
+    new_tenant,
+    wait_for,
+)
+from tidings.api.app import create_api
+from tidings.app import Tidings
+from tidings.config import Settings
+from tidings.email.bounds import RENDER_DEADLINE_S, RENDER_MEMORY_MB
+
+pytestmark = BOTH_BACKENDS
+
+MEMORY_BOUND = 128 * 1024 * 1024
+"""How far the memory of tidings may grow while hostile templates render."""
+
+HEALTHZ_WITHIN_S = 1.0
+
+MEMORY = f"needs more than {RENDER_MEMORY_MB} MB of memory to render (the memory bound)"
+TIME = f"takes longer than {RENDER_DEADLINE_S:g} s to render (the time bound)"
+
+_NESTED = (
+    "{% set a = 'x' * 100000 %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+    "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ [c, c, c, c, c, c, c, c, c, c]|join }}"
+)
+HOSTILE = {
+    "center": ("{{ ''|center(200000000) }}", f"text: {MEMORY}"),
+    "replace": ("{{ ('x' * 100000)|replace('x', 'x' * 100000) }}", f"text: {MEMORY}"),
+    "format": ("{{ '%0200000000d'|format(1) }}", f"text: {MEMORY}"),
+    "method": ("{{ 'x'.ljust(200000000) }}", f"text: {MEMORY}"),
+    "nested": (_NESTED, f"text: {MEMORY}"),
+    "loops": (
+        "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
+        f"text: {TIME}",
+    ),
+}
+
+
+# Fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpController]:
+    controller = SmtpController(Mailbox())
+    controller.start()
+    controller.mailbox.servers.clear()  # the controller's own start-up probe
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture
+async def app(
+    smtp: SmtpController, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Tidings]:
+    started = Tidings(make_settings(smtp_url=f"smtp://127.0.0.1:{smtp.port}?timeout=5"))
+    await started.start()
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+async def client(app: Tidings) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_api(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
+        yield http
+
+
+# Watching memory and /healthz -------------------------------------------------------------
+
+
+def _status_kb(pid: int | str, name: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _children() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError):
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append(int(pid))
+    return found
+
+
+def _tree_rss() -> int:
+    """The resident memory of this process and every process it started, in bytes."""
+    total = _status_kb("self", "VmRSS")
+    for child in _children():
+        with contextlib.suppress(OSError):
+            total += _status_kb(child, "VmRSS")
+    return total * 1024
+
+
+class MemoryWatch:
+    """The highest memory of the process tree while watching: samples every 5 ms, and
+    this process's own high-water mark (reset at the start), which no sample can miss."""
+
+    def __init__(self) -> None:
+        self.baseline = _tree_rss()
+        self.peak = self.baseline
+        self._own_baseline = _status_kb("self", "VmRSS") * 1024
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="memory-watch")
+
+    def __enter__(self) -> MemoryWatch:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current RSS
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        own_peak = _status_kb("self", "VmHWM") * 1024
+        self.peak = max(self.peak, self.baseline + own_peak - self._own_baseline)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, _tree_rss())
+
+
+class HealthWatch:
+    """Asks ``/healthz`` every 50 ms; the longest it took, from asking (or from when
+    the next ask was due) to the answer."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.longest = 0.0
+        self.answers = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HealthWatch:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            due = time.monotonic() + 0.05
+            await asyncio.sleep(0.05)
+            response = await self.client.get("/healthz")
+            assert response.status_code == 200, response.text
+            self.answers += 1
+            self.longest = max(self.longest, time.monotonic() - due)
+
+
+async def _warm(app: Tidings) -> None:
+    """Start every render process, so the baseline holds them (as a running tidings does)."""
+    from tidings.email.templates import Content, Template
+
+    template = Template("warm", Content("Hi", "{{ name }}"))
+    await asyncio.gather(*(app.emails.renderer.check(template) for _ in range(4)))
+
+
+async def _until(check: Callable[[], Awaitable[bool]], within: float) -> None:
+    await wait_for(check, within=within, every=0.05)
+
+
+# The tests -------------------------------------------------------------------------------
+
+
+async def _template(client: httpx.AsyncClient, key: str, name: str, text: str) -> None:
+    response = await client.post(
+        "/v1/templates",
+        json={"name": name, "subject": "Hello {{ name }}", "text": text},
+        headers=bearer(key),
+    )
+    assert response.status_code == 201, response.text
+
+
+async def _send(client: httpx.AsyncClient, key: str, template: str) -> str:
+    body: dict[str, Any] = {
+        "to": "ada@example.com",
+        "template": template,
+        "personalisation": {"name": "Ada"},
+    }
+    response = await client.post("/v1/emails", json=body, headers=bearer(key))
+    assert response.status_code == 202, response.text
+    email_id: str = response.json()["id"]
+    return email_id
+
+
+async def _email(client: httpx.AsyncClient, key: str, email_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/emails/{email_id}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def test_hostile_emails_fail_naming_the_bound_while_another_tenants_goes_out(
+    app: Tidings, client: httpx.AsyncClient, smtp: SmtpController
+) -> None:
+    _, evil = await new_tenant(client, "evil")
+    _, good = await new_tenant(client, "good")
+    for name, (source, _) in HOSTILE.items():
+        await _template(client, evil, name, source)
+    await _template(client, good, "welcome", "Welcome, {{ name }}!")
+    await _warm(app)
+
+    with MemoryWatch() as memory:
+        async with HealthWatch(client) as health:
+            hostile = {name: await _send(client, evil, name) for name in HOSTILE}
+            welcome = await _send(client, good, "welcome")
+
+            async def settled() -> bool:
+                emails = [await _email(client, evil, i) for i in hostile.values()]
+                good_email = await _email(client, good, welcome)
+                return good_email["status"] == "delivered" and all(
+                    e["status"] == "failed" for e in emails
+                )
+
+            await _until(settled, within=30)
+            await asyncio.sleep(0.3)  # time for a retry, which must not come
+
+    for name, email_id in hostile.items():
+        found = await _email(client, evil, email_id)
+        reason = f"rejected: unsendable: {HOSTILE[name][1]}"
+        assert (found["status"], found["failure"]) == ("failed", reason), name
+        assert len(found["attempts"]) == 1, name
+    [sent] = smtp.mailbox.received
+    assert sent["Subject"] == "Hello Ada"
+    assert sent.get_content().strip() == "Welcome, Ada!"
+    assert health.answers >= 3
+    assert health.longest < HEALTHZ_WITHIN_S, f"/healthz took {health.longest:.2f} s"
+    print(f"/healthz at most {health.longest:.3f} s; memory grew {memory.growth_mb:.0f} MB")
+    assert memory.peak - memory.baseline < MEMORY_BOUND, f"grew {memory.growth_mb:.0f} MB"
+
+
+async def test_a_template_too_costly_to_compile_is_refused_and_the_api_stays_up(
+    app: Tidings, client: httpx.AsyncClient
+) -> None:
+    _, key = await new_tenant(client)
+    await _template(client, key, "costly", "Hi {{ name }}")
+    costly = {"subject": "Hi", "text": "{{ a }}" * 14_000, "html": "{{ b }}" * 14_000}
+    await _warm(app)
+
+    with MemoryWatch() as memory:
+        async with HealthWatch(client) as health:
+            replaced = await client.put("/v1/templates/costly", json=costly, headers=bearer(key))
+            created = await client.post(
+                "/v1/templates", json={"name": "other", **costly}, headers=bearer(key)
+            )
+
+    for response in (replaced, created):
+        assert_problem(response, 422, f"takes longer than {RENDER_DEADLINE_S:g} s to compile")
+        assert response.json()["detail"].endswith("(the time bound)")
+    kept = await client.get("/v1/templates/costly", headers=bearer(key))
+    assert kept.json()["text"] == "Hi {{ name }}"
+    assert (await client.get("/v1/templates/other", headers=bearer(key))).status_code == 404
+    assert health.answers >= 3
+    assert health.longest < HEALTHZ_WITHIN_S, f"/healthz took {health.longest:.2f} s"
+    print(f"/healthz at most {health.longest:.3f} s; memory grew {memory.growth_mb:.0f} MB")
+    assert memory.peak - memory.baseline < MEMORY_BOUND, f"grew {memory.growth_mb:.0f} MB"
