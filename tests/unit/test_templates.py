@@ -550,6 +550,24 @@ async def test_a_child_that_does_not_answer_is_killed_at_the_deadline() -> None:
     assert set(_children()) <= others
 
 
+async def test_a_child_killed_from_outside_is_replaced_and_the_render_asked_again() -> None:
+    """The OOM killer or an operator may kill a child mid-render: not the template's fault."""
+    others = set(_children())
+    renderer = Renderer(children=1)
+    try:
+        await renderer.check(CONFIRM)
+        [child] = set(_children()) - others
+        os.kill(child, signal.SIGSTOP)  # the request is written, then it dies unanswered
+        rendering = asyncio.ensure_future(renderer.render(CONFIRM, None, VALUES))
+        await asyncio.sleep(0.1)
+        os.kill(child, signal.SIGKILL)
+
+        assert (await rendering).subject == "Please confirm, Ada"
+        assert child not in _children()
+    finally:
+        await renderer.close()
+
+
 async def test_after_hostile_templates_legitimate_ones_render(renderer: Renderer) -> None:
     for source in (ALLOCATING[0], SPINNING[0]):
         with pytest.raises(BoundExceeded):

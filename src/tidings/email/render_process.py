@@ -79,14 +79,23 @@ def main() -> None:
     # find its memory free, whatever was compiled before it.
     keep_below = (_status("VmRSS") or 0) + headroom // 2
     signal.signal(signal.SIGALRM, _overtime)
-    write_frame(answers, READY)
-    while True:
-        header = requests.read(HEADER.size)
-        if len(header) < HEADER.size:
-            return  # tidings closed the pipe, or is gone
-        (length,) = HEADER.unpack(header)
-        compiled = templates.compiled_count()
-        write_frame(answers, _answer(requests.read(length)))
+    # Ctrl-C in a terminal, or a service manager's SIGTERM to the whole group, must not
+    # end a render tidings is still draining: this process ends when tidings closes
+    # the pipe (or is gone).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(BrokenPipeError):
+        write_frame(answers, READY)
+        while True:
+            header = requests.read(HEADER.size)
+            if len(header) < HEADER.size:
+                return
+            (length,) = HEADER.unpack(header)
+            compiled = templates.compiled_count()
+            write_frame(answers, _answer(requests.read(length)))
+            if templates.compiled_count() > compiled and (_status("VmRSS") or 0) > keep_below:
+                templates.forget_compiled()
+                gc.collect()
         if templates.compiled_count() > compiled and (_status("VmRSS") or 0) > keep_below:
             templates.forget_compiled()
             gc.collect()

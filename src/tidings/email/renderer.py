@@ -111,20 +111,25 @@ class Renderer:
         raise _error(answer)
 
     def _ask_blocking(self, request: bytes) -> dict[str, Any]:
-        """On a thread of the pool: ``request`` answered by this thread's child."""
-        child: _Child | None = getattr(self._local, "child", None)
-        if child is None or not child.alive():
-            child = self._local.child = self._start()
-        try:
-            return child.ask(request, RENDER_DEADLINE_S + KILL_GRACE_S)
-        except TimeoutError:
-            self._stop(child)
-            return _answer_of(BoundExceeded.of(Bound.TIME, None))
-        except (OSError, EOFError, ValueError):
-            self._stop(child)
-            if self._closed:
-                raise RuntimeError("the renderer was closed") from None
-            return {"error": "stopped", "detail": "the template stopped the renderer"}
+        """On a thread of the pool: ``request`` answered by this thread's child.
+
+        A child that dies while answering may have been killed from outside (the
+        OOM killer, an operator): the request is asked once more of a new child, and
+        only if that one dies too is the template held to blame."""
+        for _ in range(2):
+            child: _Child | None = getattr(self._local, "child", None)
+            if child is None or not child.alive():
+                child = self._local.child = self._start()
+            try:
+                return child.ask(request, RENDER_DEADLINE_S + KILL_GRACE_S)
+            except TimeoutError:
+                self._stop(child)
+                return _answer_of(BoundExceeded.of(Bound.TIME, None))
+            except (OSError, EOFError, ValueError):
+                self._stop(child)
+                if self._closed:
+                    raise RuntimeError("the renderer was closed") from None
+        return {"error": "stopped", "detail": "rendering stopped the renderer process, twice"}
 
     def _start(self) -> _Child:
         with self._lock:
