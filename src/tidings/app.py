@@ -138,6 +138,7 @@ class Tidings:
     async def _start_engine(self) -> None:
         await self.channel.open()
         await self.lookups.open()
+        await self.emails.open()
         if self.smtp is not None:
             await self.smtp.open()
         await self.store.reclaim_expired_leases(self.clock.now())

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import resource
 import signal
 import struct
@@ -51,6 +50,8 @@ def dumps(document: object) -> bytes:
     try:
         return orjson.dumps(document)
     except orjson.JSONEncodeError:
+        import json  # rare: kept out of the render process's start-up
+
         return json.dumps(document).encode()
 
 
@@ -58,6 +59,8 @@ def loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        import json
+
         return json.loads(data)
 
 

@@ -8,9 +8,10 @@ render (an email's content, its lookup URL) is a request to a child process (see
 template can take tidings' memory, nor hold its event loop: the loop only encodes
 the request and decodes the answer, and a thread waits for the child.
 
-There are :data:`CHILDREN` children, each owned by one thread of a small pool and
-started when that thread first needs it: an API-only process that never compiles
-starts none. A child killed at the deadline is started again on the next request.
+There are :data:`CHILDREN` children, each owned by one thread of a small pool. A
+delivering process starts them with :meth:`Renderer.open`; elsewhere (an API-only
+process, which compiles only when a template is saved or first used) each starts
+when its thread first needs it. A child killed at the deadline is started again on the next request.
 Fields are kept by the hash of the definition, so accepting an email costs no
 request once its template is known.
 
@@ -60,12 +61,23 @@ class Renderer:
     """The children that compile and render templates; see the module's docstring."""
 
     def __init__(self, children: int = CHILDREN) -> None:
+        self._size = children
         self._executor = ThreadPoolExecutor(children, thread_name_prefix="tidings-render")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._children: set[_Child] = set()
         self._closed = False
         self._fields: dict[bytes, frozenset[str]] = {}
+
+    async def open(self) -> None:
+        """Start every child now rather than at its first request, so that no email's
+        attempt waits for one to start (a delivering process calls this at start)."""
+        loop = asyncio.get_running_loop()
+        # Each call blocks its thread until its child is ready, so each runs on a
+        # thread of its own and starts that thread's child.
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, self._child) for _ in range(self._size))
+        )
 
     async def check(self, template: templates.Template) -> frozenset[str]:
         """Refuse ``template`` if it cannot work (see :func:`templates.check`), or
@@ -117,9 +129,7 @@ class Renderer:
         OOM killer, an operator): the request is asked once more of a new child, and
         only if that one dies too is the template held to blame."""
         for _ in range(2):
-            child: _Child | None = getattr(self._local, "child", None)
-            if child is None or not child.alive():
-                child = self._local.child = self._start()
+            child = self._child()
             try:
                 return child.ask(request, RENDER_DEADLINE_S + KILL_GRACE_S)
             except TimeoutError:
@@ -130,6 +140,13 @@ class Renderer:
                 if self._closed:
                     raise RuntimeError("the renderer was closed") from None
         return {"error": "stopped", "detail": "rendering stopped the renderer process, twice"}
+
+    def _child(self) -> _Child:
+        """This thread's child, started if it has none (or it died)."""
+        child: _Child | None = getattr(self._local, "child", None)
+        if child is None or not child.alive():
+            child = self._local.child = self._start()
+        return child
 
     def _start(self) -> _Child:
         with self._lock:

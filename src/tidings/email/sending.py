@@ -76,6 +76,9 @@ class EmailSender:
         self._lookup_budget_ms = max(int(lookup_budget_s * 1000), 1)
         self._templates: dict[tuple[str, str], tuple[float, templates.Template | None]] = {}
 
+    async def open(self) -> None:
+        await self.renderer.open()
+
     async def close(self) -> None:
         await self.renderer.close()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tidings.email.templates import Content, Lookup, Template, Variant
-from tidings.models import StoredTemplate
+
+if TYPE_CHECKING:  # the render process needs template_from, not the models
+    from tidings.models import StoredTemplate
 
 
 def template_from(definition: Mapping[str, Any]) -> Template:
