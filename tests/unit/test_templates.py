@@ -412,6 +412,8 @@ def test_any_text_value_renders_verbatim(name: str) -> None:
         "{{ 2 ** 100000 }}",
         "{{ ((10 ** 1000) ** 1000) ** 3 }}",
         "{% for i in range(100000) %}{% for j in range(20) %}xxxxxxxx{% endfor %}{% endfor %}",
+        "{% set ns = namespace(x=2 ** 1000) %}"
+        "{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x }}",
     ],
 )
 def test_a_template_cannot_make_the_worker_build_something_huge(source: str) -> None:

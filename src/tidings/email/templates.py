@@ -172,7 +172,10 @@ def _url_component(value: object) -> str:
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """The sandbox, with ``*`` and ``**`` bounded: ``{{ 'a' * 10**9 }}`` would otherwise
-    build a gigabyte in the worker. (Sandboxed operators are never folded at compile.)"""
+    build a gigabyte, and a product or power of integers can grow without end. These
+    give a clear reason early; what holds every other way to allocate or spin is the
+    render process (see :mod:`tidings.email.renderer`). (Sandboxed operators are never
+    folded at compile.)"""
 
     intercepted_binops = frozenset({"*", "**"})
 
