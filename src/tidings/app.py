@@ -7,7 +7,9 @@ what is queued and closes everything. Its ``role`` says what it runs: the API
 and the delivery engine (``all``), or one of them (``api``, ``worker``), for
 several processes on one PostgreSQL database. If a background task dies, ``failed``
 is set and the process should stop: running on without its dispatcher would
-accept messages it never delivers.
+accept messages it never delivers. A store error is not death: the database may be
+restarting, so the task logs it and runs again after a short backoff
+(:func:`store_retry_delay`), as long as it takes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import hashlib
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
@@ -32,7 +35,7 @@ from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.health import HealthMonitor
 from tidings.email.lookup import Lookups
 from tidings.email.sending import EmailSender
-from tidings.exceptions import Conflict
+from tidings.exceptions import Conflict, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
 from tidings.models import Accepted, NewMessage
@@ -48,6 +51,8 @@ ADMIN_TOKEN_SETTING = "admin_token_sha256"
 DEPTH_INTERVAL_S = 5.0
 PURGE_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 10.0
+STORE_RETRY_S = 0.1  # the first wait of a background task after a store error
+STORE_RETRY_MAX_S = 2.0  # and the longest: work resumes this soon after the store is back
 
 
 def sha256(value: str) -> str:
@@ -244,16 +249,35 @@ class Tidings:
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         async def guarded() -> None:
-            try:
-                await run()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background_task_died", task=name)
-                self.failed.set()
-                raise
+            failures = 0
+            while True:
+                started = time.monotonic()
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except StoreError as exc:
+                    if time.monotonic() - started > STORE_RETRY_MAX_S:
+                        failures = 0  # it ran a while: a new outage, not the same one
+                    failures += 1
+                    delay = store_retry_delay(failures)
+                    log.warning(
+                        "background_task_store_failed", task=name, error=str(exc), retry_in_s=delay
+                    )
+                    await asyncio.sleep(delay)
+                except Exception:
+                    log.exception("background_task_died", task=name)
+                    self.failed.set()
+                    raise
 
         self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+
+def store_retry_delay(failures: int) -> float:
+    """How long a background task waits after its ``failures``-th store error in a row:
+    doubling from :data:`STORE_RETRY_S` up to :data:`STORE_RETRY_MAX_S`."""
+    return float(min(STORE_RETRY_MAX_S, STORE_RETRY_S * 2 ** min(failures - 1, 16)))
 
 
 def _domain(address: str) -> str:

@@ -300,7 +300,11 @@ class Dispatcher:
     async def _claim_round(self) -> int:
         if self._handed_back:
             waiting, self._handed_back = self._handed_back, []
-            await self._store.release(waiting, self._clock.now())
+            try:
+                await self._store.release(waiting, self._clock.now())
+            except BaseException:
+                self._handed_back.extend(waiting)  # to be handed back at the next round
+                raise
         slots = self._slots(time.monotonic())
         self._capped = False
         if not slots:

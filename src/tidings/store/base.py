@@ -70,7 +70,9 @@ class Store(ABC):
 
     @abstractmethod
     async def ping(self) -> None:
-        """Raise :class:`~tidings.exceptions.StoreUnavailable` unless the store answers."""
+        """Raise :class:`~tidings.exceptions.StoreUnavailable` unless the store answers
+        and takes writes: after a failed write (a full disk, a read-only database), until
+        a write succeeds again."""
 
     # settings, tenants, keys -----------------------------------------------------
 

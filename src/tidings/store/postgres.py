@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -53,7 +53,7 @@ from tidings.exceptions import StoreError, StoreUnavailable
 from tidings.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.store.hot import apply_results
 from tidings.store.schema import from_micros, to_micros
-from tidings.store.sql import WORK, SqlStore
+from tidings.store.sql import EVERY_NEWS, SqlStore, Turn
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +65,21 @@ RETRIES = 5
 MIGRATION_LOCK = 7_142_816_001
 LEADER_LOCK = 7_142_816_002  # held by the process that runs the singleton duties
 CLAIM_LOCKS = 7_142_816  # the first key of each endpoint's claim lock (int4)
+# The first key of the locks ingest takes turns on (see SqlStore._take_turns).
+TURN_LOCKS = {Turn.IDEMPOTENCY_KEY: 7_142_817, Turn.EMAIL_LANE: 7_142_818}
 CHANNEL = "tidings"  # LISTEN/NOTIFY
 LISTEN_POLL_S = 1.0  # how often the listener looks up from waiting, to stop
 RECONNECT_S = 1.0
+CONNECT_TIMEOUT_S = 5  # a server that takes a connection and says nothing is given up on
+# Every connection asks the kernel to probe an idle peer: a server that vanished without
+# a word (a cut network, a host gone) is noticed within about 25 s, not hours.
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 _RETRYABLE = ("40001", "40P01")  # serialization_failure, deadlock_detected
 
 
@@ -79,6 +91,7 @@ class PostgresStore(SqlStore):
             pool_size=WRITERS + READERS,
             max_overflow=0,
             pool_pre_ping=True,
+            connect_args=CONNECTION_OPTIONS,
         )
         event.listen(engine, "begin", _begin)
         super().__init__(engine, engine, readers=READERS)
@@ -90,19 +103,29 @@ class PostgresStore(SqlStore):
 
     # other processes -----------------------------------------------------------------
 
+    def _take_turns(self, conn: Connection, turn: Turn, names: Collection[str]) -> None:
+        """A transaction-level advisory lock for each name, taken in the order of the
+        locks' keys (as the claims' are): released by the commit, after which the
+        next holder's statements see what this one wrote."""
+        if names:
+            conn.exec_driver_sql(_TAKE_TURNS, {"space": TURN_LOCKS[turn], "names": sorted(names)})
+
     def _announce(self, conn: Connection, news: str) -> None:
         conn.exec_driver_sql(f"SELECT pg_notify('{CHANNEL}', %(news)s)", {"news": news})
 
     async def listen(self, hear: Callable[[str], None]) -> None:
         """LISTEN on a connection of its own, in a thread of its own; a lost connection
-        is made again after :data:`RECONNECT_S`."""
+        is made again after :data:`RECONNECT_S`. Whatever was announced while no one
+        listened is lost: once listening again, ``hear`` is told every kind of news,
+        so that each cache reads what it keeps again."""
 
         def run() -> None:
             while not self._listening.is_set():
                 try:
-                    with psycopg.connect(self._libpq_url(), autocommit=True) as conn:
+                    with self._connect() as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
-                        hear(WORK)  # whatever was announced while not listening
+                        for news in EVERY_NEWS:
+                            hear(news)
                         while not self._listening.is_set():
                             for note in conn.notifies(timeout=LISTEN_POLL_S):
                                 hear(note.payload)
@@ -123,8 +146,12 @@ class PostgresStore(SqlStore):
             if self._leader is not None:
                 self._leader.execute("SELECT 1")
                 return True
-            conn = psycopg.connect(self._libpq_url(), autocommit=True)
-            row = conn.execute(f"SELECT pg_try_advisory_lock({LEADER_LOCK})").fetchone()
+            conn = self._connect()
+            try:
+                row = conn.execute(f"SELECT pg_try_advisory_lock({LEADER_LOCK})").fetchone()
+            except BaseException:
+                conn.close()
+                raise
             if row and row[0]:
                 self._leader = conn
                 log.info("store_leadership_taken")
@@ -146,6 +173,10 @@ class PostgresStore(SqlStore):
             self._leader.close()
             self._leader = None
         super()._close_tx()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own (the listener's, the leader's), outside the pool."""
+        return psycopg.connect(self._libpq_url(), autocommit=True, **CONNECTION_OPTIONS)
 
     def _libpq_url(self) -> str:
         return "postgresql://" + self._url.removeprefix("postgresql+psycopg://")
@@ -326,6 +357,13 @@ def _driver_errors() -> Iterator[None]:
 _LOCK_ENDPOINTS = (
     f"SELECT pg_advisory_xact_lock({CLAIM_LOCKS}, h)"
     " FROM (SELECT DISTINCT hashtext(e) AS h FROM unnest(%s::text[]) AS e ORDER BY h) AS ordered"
+)
+
+# One lock per name (in the lock space of the first parameter), in the order of the
+# locks' keys.
+_TAKE_TURNS = (
+    "SELECT pg_advisory_xact_lock(%(space)s, h) FROM (SELECT DISTINCT hashtext(n) AS h"
+    " FROM unnest(%(names)s::text[]) AS n ORDER BY h) AS ordered"
 )
 
 # Each endpoint's caps, how many of its deliveries are in flight (any worker's), and

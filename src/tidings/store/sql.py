@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
@@ -36,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tidings import ids
 from tidings.delivery.alarms import Minute
@@ -94,11 +96,26 @@ T = TypeVar("T")
 _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
 DELETED = "deleted: the endpoint was deleted"
 EMAIL_LANE_MAX_IN_FLIGHT = 10  # emails of one tenant in flight at once
+PING_TIMEOUT_S = 2.0
+# While writes fail, readiness tries one of its own at most this often (a probe must not
+# become a load on the writer).
+WRITE_PROBE_EVERY_S = 1.0
+PROBE_SETTING = "write_probe_at"
 # What a write tells the other processes (see SqlStore._announce and Store.listen).
 WORK = "work"  # new deliveries are due now
 ENDPOINTS = "endpoints"  # endpoints (or their policies) changed
 SCHEDULE = "schedule"  # deliveries were made due at times no worker wrote
 KEYS = "keys"  # an API key was revoked: forget what was cached of keys
+# Every kind of news: what a listener that may have missed some is told (see Store.listen).
+EVERY_NEWS = (WORK, ENDPOINTS, SCHEDULE, KEYS)
+
+
+class Turn(StrEnum):
+    """What concurrent ingest transactions (of any process) must take turns on, each
+    name of it on its own: a name is looked up, then written if it was not found."""
+
+    IDEMPOTENCY_KEY = "idempotency_key"  # a tenant's Idempotency-Key
+    EMAIL_LANE = "email_lane"  # a tenant's email lane, made by its first email
 
 
 # Only a delivery still in flight under the lease it was claimed with goes back:
@@ -120,11 +137,13 @@ _RELEASE = (
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn driver errors into the store's own: callers never see a driver exception."""
+    """Turn driver errors into the store's own: callers never see a driver exception.
+    A lost or refused connection (the server restarting, say) is "unavailable": the
+    same call may well succeed a moment later."""
     try:
         yield
     except DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
             raise StoreUnavailable(f"the store connection was lost: {exc.orig}") from exc
         raise StoreError(f"the store failed: {exc.orig}") from exc
 
@@ -158,6 +177,8 @@ class SqlStore(Store):
         # Held by whichever thread runs a write transaction: the writer thread, or
         # the event loop's for an inline hot-path write.
         self._write_lock = threading.Lock()
+        self._write_failure: StoreError | None = None  # the last write's, if it failed
+        self._probed_at = -1e9  # monotonic
 
     async def _writing(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -192,7 +213,7 @@ class SqlStore(Store):
         results): losing it to a power cut (not to a process crash) only means a
         delivery is sent again, so a backend may commit it without a flush.
         """
-        with translate_errors():
+        with self._noting_writes(), translate_errors():
             conn = _connect(self._engine)
             try:
                 self._prepare(conn, durable=durable)
@@ -201,8 +222,24 @@ class SqlStore(Store):
             finally:
                 conn.close()
 
+    @contextlib.contextmanager
+    def _noting_writes(self) -> Iterator[None]:
+        """Remember whether the write around which this runs failed in the store, for
+        readiness (see :meth:`ping`)."""
+        try:
+            yield
+        except StoreError as exc:
+            self._write_failure = exc
+            raise
+        self._write_failure = None
+
     def _prepare(self, conn: Connection, *, durable: bool) -> None:
         """Set up ``conn`` before a write transaction (backend hook)."""
+
+    def _take_turns(self, conn: Connection, turn: Turn, names: Collection[str]) -> None:
+        """Wait until no other transaction holds ``names`` of ``turn``, then hold them to the
+        end of ``conn``'s transaction (backend hook: SQLite's one writer at a time
+        already takes turns on everything)."""
 
     def _announce(self, conn: Connection, news: str) -> None:
         """Tell the other processes on this store, once ``conn``'s transaction commits,
@@ -242,6 +279,10 @@ class SqlStore(Store):
     def _ping_tx(self) -> None:
         with self._read() as conn:
             conn.execute(select(1))
+
+    def _probe_write_tx(self, now: datetime) -> None:
+        """A write as small as any, to learn whether writes succeed again."""
+        self._set_setting_tx(PROBE_SETTING, now.isoformat())
 
     # settings, tenants, keys -------------------------------------------------------
 
@@ -390,7 +431,8 @@ class SqlStore(Store):
     ) -> list[Accepted | Conflict]:
         with self._write() as conn:
             self._announce(conn, WORK)
-            return _Ingest(conn, now, now - timedelta(seconds=idempotency_ttl_s)).run(batch)
+            keys_since = now - timedelta(seconds=idempotency_ttl_s)
+            return _Ingest(conn, now, keys_since, partial(self._take_turns, conn)).run(batch)
 
     def _get_message_tx(self, tenant_id: str, message_id: str) -> MessageDetail | None:
         with self._read() as conn:
@@ -583,7 +625,7 @@ class SqlStore(Store):
             )
         callbacks = [o.callback for o in outcomes if o.callback is not None]
         if callbacks:
-            _Ingest(conn, now, now).run(callbacks)
+            _Ingest(conn, now, now, partial(self._take_turns, conn)).run(callbacks)
 
     # engine ----------------------------------------------------------------------
 
@@ -730,7 +772,8 @@ class SqlStore(Store):
                 if last is not None and last > dedupe_since:
                     return False
             self._announce(conn, ENDPOINTS)  # its email may have made the email lane
-            accepted = _Ingest(conn, notice.sent_at, notice.sent_at).run(published)
+            at = notice.sent_at
+            accepted = _Ingest(conn, at, at, partial(self._take_turns, conn)).run(published)
             emailed = [
                 a.message_id
                 for new, a in zip(published, accepted, strict=True)
@@ -957,18 +1000,38 @@ class SqlStore(Store):
         await asyncio.get_running_loop().run_in_executor(None, finish)
 
     async def ping(self) -> None:
+        """The store answers a read; and, if the last write failed, a write of the probe's
+        own succeeds (tried at most every :data:`WRITE_PROBE_EVERY_S`: in between, the
+        last outcome stands). Writes that work cost readiness nothing."""
         try:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(PING_TIMEOUT_S):
                 await self._reading(self._ping_tx)
+                if self._write_failure is not None:
+                    if time.monotonic() - self._probed_at >= WRITE_PROBE_EVERY_S:
+                        self._probed_at = time.monotonic()
+                        now = datetime.now(UTC)
+                        with contextlib.suppress(StoreError):
+                            await self._writing(partial(self._probe_write_tx, now))
+                    if self._write_failure is not None:
+                        raise StoreUnavailable(
+                            f"the store takes no writes: {self._write_failure.detail}"
+                        )
         except TimeoutError as exc:
-            raise StoreUnavailable("the store did not answer within 2 s") from exc
+            raise StoreUnavailable(f"the store did not answer within {PING_TIMEOUT_S:g} s") from exc
 
 
 class _Ingest:
     """One ingest transaction: idempotency checks, fan-out, and the inserts."""
 
-    def __init__(self, conn: Connection, now: datetime, keys_since: datetime) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        now: datetime,
+        keys_since: datetime,
+        take_turns: Callable[[Turn, Collection[str]], None],
+    ) -> None:
         self._conn = conn
+        self._take_turns = take_turns
         self._now = now
         self._keys_since = keys_since
         self._rows: dict[Any, list[dict[str, Any]]] = {
@@ -976,8 +1039,15 @@ class _Ingest:
         }
 
     def run(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
+        # Another process may be ingesting the same key at this instant: whoever comes
+        # second waits for the first to commit, then finds its answer and replays it.
+        self._take_turns(
+            Turn.IDEMPOTENCY_KEY,
+            {f"{m.tenant_id}/{m.idempotency_key}" for m in batch if m.idempotency_key},
+        )
         seen = self._known_keys(batch)
         fan_out = self._endpoints_by_tenant({m.tenant_id for m in batch})
+        self._await_lanes(batch, fan_out)
         results: list[Accepted | Conflict] = []
         for new in batch:
             key = (new.tenant_id, new.idempotency_key) if new.idempotency_key else None
@@ -1048,6 +1118,20 @@ class _Ingest:
                 }
             )
         return Accepted(message_id, tuple((d_id, ep.id) for d_id, ep in pairs))
+
+    def _await_lanes(self, batch: Sequence[NewMessage], fan_out: dict[str, list[Endpoint]]) -> None:
+        """Tenants of the batch's emails that have no email lane yet may be making one
+        in another process this instant: wait for it, and read their endpoints again
+        (each tenant has one lane, made once)."""
+        lacking = {
+            m.tenant_id
+            for m in batch
+            if m.email is not None
+            and not any(ep.kind is EndpointKind.EMAIL for ep in fan_out.get(m.tenant_id, ()))
+        }
+        if lacking:
+            self._take_turns(Turn.EMAIL_LANE, lacking)
+            fan_out.update(self._endpoints_by_tenant(lacking))
 
     def _email_lane(self, tenant_id: str, tenant_endpoints: list[Endpoint]) -> Endpoint:
         """The tenant's email lane, made now if this is its first email."""

@@ -79,7 +79,7 @@ class SqliteStore(SqlStore):
     @contextlib.contextmanager
     def _hot(self) -> Iterator[sqlite3.Connection]:
         """A write transaction on the hot-path connection (under the write lock)."""
-        with _driver_errors():
+        with self._noting_writes(), _driver_errors():
             if self._hot_conn is None:
                 conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
                 _configure(conn, None)
