@@ -224,14 +224,14 @@ class SqlStore(Store):
 
     @contextlib.contextmanager
     def _noting_writes(self) -> Iterator[None]:
-        """Remember whether the write around which this runs failed in the store, for
-        readiness (see :meth:`ping`)."""
+        """Remember it if the write around which this runs failed in the store, for
+        readiness (see :meth:`ping`). Only readiness's own write forgets it: on a full
+        disk a small write may well succeed while the next batch fails."""
         try:
             yield
         except StoreError as exc:
             self._write_failure = exc
             raise
-        self._write_failure = None
 
     def _prepare(self, conn: Connection, *, durable: bool) -> None:
         """Set up ``conn`` before a write transaction (backend hook)."""
@@ -281,8 +281,9 @@ class SqlStore(Store):
             conn.execute(select(1))
 
     def _probe_write_tx(self, now: datetime) -> None:
-        """A write as small as any, to learn whether writes succeed again."""
+        """A write of readiness's own, to learn whether writes succeed again."""
         self._set_setting_tx(PROBE_SETTING, now.isoformat())
+        self._write_failure = None
 
     # settings, tenants, keys -------------------------------------------------------
 

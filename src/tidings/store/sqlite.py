@@ -25,10 +25,12 @@ does, every ``CHECKPOINT_EVERY`` commits of it.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -48,6 +50,9 @@ BUSY_TIMEOUT_MS = 10_000
 READERS = 4
 CLAIM_CHUNK = 100  # endpoints per claim statement
 CHECKPOINT_EVERY = 200  # hot-path commits between WAL checkpoints
+# Readiness wants this much free space beside the database before it says writes work
+# again (a probe's own small write may find room where an ingest batch finds none).
+READY_FREE_BYTES = 1 << 20
 
 
 class SqliteStore(SqlStore):
@@ -67,6 +72,13 @@ class SqliteStore(SqlStore):
 
     def _prepare(self, conn: Connection, *, durable: bool) -> None:
         conn.info["want_synchronous"] = "FULL" if durable else "NORMAL"
+
+    def _probe_write_tx(self, now: datetime) -> None:
+        with self._noting_writes():
+            free = shutil.disk_usage(Path(self._path).parent).free
+            if free < READY_FREE_BYTES:
+                raise StoreUnavailable(f"database or disk is full: {free} bytes free")
+        super()._probe_write_tx(now)
 
     def _close_tx(self) -> None:
         if self._hot_conn is not None:
