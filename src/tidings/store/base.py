@@ -60,7 +60,9 @@ class Store(ABC):
         ``"endpoints"`` (endpoints or policies changed), ``"schedule"`` (deliveries
         made due later) or ``"keys"`` (an API key was revoked). Missing one of the first
         three only delays work until the dispatcher's next look at the store; a missed
-        ``"keys"`` lets a revoked key work until its cache entry expires."""
+        ``"keys"`` lets a revoked key work until its cache entry expires. Whenever news
+        may have been missed (the listening connection was lost and made again), every
+        kind is heard once, so that each cache reads what it keeps again."""
 
     @abstractmethod
     async def lead(self) -> bool:
