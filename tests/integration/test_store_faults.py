@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -86,13 +86,13 @@ async def _post(client: httpx.AsyncClient, key: str, size: int = 10) -> httpx.Re
 
 
 @contextlib.asynccontextmanager
-async def _served(settings: Settings) -> Iterator[httpx.AsyncClient]:  # type: ignore[misc]
+async def _served(settings: Settings) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
     app = Tidings(settings)
     await app.start()
     try:
         transport = httpx.ASGITransport(app=create_api(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
+            yield app, client
     finally:
         await app.stop()
 
@@ -103,7 +103,7 @@ async def _served(settings: Settings) -> Iterator[httpx.AsyncClient]:  # type: i
 async def test_readyz_is_not_ready_while_postgres_disk_is_full(
     postgres_url: str, make_settings: type[Settings]
 ) -> None:
-    async with _served(make_settings(database_url=postgres_url)) as client:
+    async with _served(make_settings(database_url=postgres_url)) as (_, client):
         _, key = await new_tenant(client)
         assert (await client.get("/readyz")).status_code == 200
         try:
@@ -161,21 +161,26 @@ def _fill(disk: Path) -> Path:
 
 
 async def test_readyz_is_not_ready_while_the_sqlite_disk_is_full(
-    tiny_disk: Path, make_settings: type[Settings]
+    tiny_disk: Path, make_settings: type[Settings], receiver: Receiver
 ) -> None:
+    """And the delivery engine rides it out: its writes fail for a while, then work."""
     settings = make_settings(database_url=f"sqlite:///{tiny_disk / 'tidings.db'}")
-    async with _served(settings) as client:
+    async with _served(settings) as (app, client):
         _, key = await new_tenant(client)
+        await new_endpoint(client, key, receiver.url)
         assert (await client.get("/readyz")).status_code == 200
+        accepted: set[str] = set()
         filler = _fill(tiny_disk)
         for _ in range(100):  # until the WAL wants room the disk has not got
             answer = await _post(client, key, size=20_000)
             if answer.status_code != 202:
                 break
+            accepted.add(answer.json()["id"])
         assert_problem(answer, 503, "full")
         assert_problem(await client.get("/readyz"), 503, "takes no writes")
         await asyncio.sleep(WRITE_PROBE_EVERY_S)  # its own write is tried again: still full
         assert_problem(await client.get("/readyz"), 503, "takes no writes")
+        assert not app.failed.is_set()
 
         filler.unlink()
 
@@ -183,7 +188,11 @@ async def test_readyz_is_not_ready_while_the_sqlite_disk_is_full(
             return (await client.get("/readyz")).status_code == 200
 
         await wait_for(ready, within=WRITE_PROBE_EVERY_S * 5)
-        assert (await _post(client, key)).status_code == 202
+        answer = await _post(client, key)
+        assert answer.status_code == 202
+        accepted.add(answer.json()["id"])
+        await wait_for(lambda: accepted <= {r.webhook_id for r in receiver.received})
+        assert not app.failed.is_set()
 
 
 # the store's own connections ---------------------------------------------------------------
