@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from support import ADMIN_TOKEN, Receiver, migrate, postgres_server
+from support import ADMIN_TOKEN, ENCRYPTION_KEY, Receiver, migrate, postgres_server
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings
@@ -62,6 +62,8 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
             "log_level": "warning",
             "senders": 0,  # in-process: tests/integration/test_senders.py runs the processes
         }
+        if database_url.startswith("postgres"):  # required there; SQLite makes a key file
+            values["encryption_key"] = SecretStr(ENCRYPTION_KEY)
         values.update(overrides)
         return Settings.model_validate(values)
 

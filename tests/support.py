@@ -33,10 +33,14 @@ from standardwebhooks import Webhook
 
 from tidings import ids
 from tidings.channels.signing import new_secret
+from tidings.crypto import Keyring
 from tidings.models import Endpoint, EndpointState
 from tidings.store import open_store
 
 ADMIN_TOKEN = "admin-test-token"
+# The test suite's store key (base64url of b"tidings test encryption key 0001").
+ENCRYPTION_KEY = "dGlkaW5ncyB0ZXN0IGVuY3J5cHRpb24ga2V5IDAwMDE"
+KEYRING = Keyring.parse(ENCRYPTION_KEY)
 POSTGRES_URL = os.environ.get(
     "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -1,7 +1,8 @@
 """The composition root: builds the store, channel, engine and metrics, and runs them.
 
 :class:`Tidings` owns every resource of one process. ``start`` migrates the
-store, makes sure an admin token exists and starts the supervised background
+store, opens its secrets with the encryption key (see :func:`load_keys`), makes
+sure an admin token exists and starts the supervised background
 tasks; ``stop`` lets in-flight attempts finish (up to a grace period), flushes
 what is queued and closes everything. Its ``role`` says what it runs: the API
 and the delivery engine (``all``), or one of them (``api``, ``worker``), for
@@ -20,6 +21,8 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -30,12 +33,13 @@ from tidings.channels.ssrf import SsrfGuard
 from tidings.channels.webhook import Channel, WebhookChannel
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
+from tidings.crypto import Keyring, key_file
 from tidings.delivery.batcher import Batcher
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.health import HealthMonitor
 from tidings.email.lookup import Lookups
 from tidings.email.sending import EmailSender
-from tidings.exceptions import Conflict, StoreError
+from tidings.exceptions import Conflict, EncryptionKeyError, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
 from tidings.models import Accepted, NewMessage
@@ -115,6 +119,7 @@ class Tidings:
         self.keys = KeyCache(self.store, self.clock)
         self.admin_token_hash = ""
         self.new_admin_token: str | None = None
+        self.new_key_file: Path | None = None
         self.failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -125,6 +130,7 @@ class Tidings:
 
     async def start(self) -> None:
         await self.store.migrate()
+        await self._open_secrets()
         await self._ensure_admin_token()
         for name in await self.store.template_names():
             self.metrics.template_known(name)
@@ -213,6 +219,13 @@ class Tidings:
         ttl = self.settings.idempotency_ttl.total_seconds()
         return await self.store.ingest(batch, self.clock.now(), ttl)
 
+    async def _open_secrets(self) -> None:
+        """Open the store's secrets before anything else runs: a key that does not open
+        them stops the start here, rather than failing each delivery later."""
+        keys = load_keys(self.settings, self.store)
+        self.new_key_file = keys.created
+        await open_secrets(self.store, keys)
+
     async def _ensure_admin_token(self) -> None:
         if self.settings.admin_token is not None:
             self.admin_token_hash = sha256(self.settings.admin_token.get_secret_value())
@@ -280,6 +293,50 @@ def store_retry_delay(failures: int) -> float:
     return float(min(STORE_RETRY_MAX_S, STORE_RETRY_S * 2 ** min(failures - 1, 16)))
 
 
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys that open a store's secrets, and where they came from."""
+
+    keyring: Keyring
+    source: str
+    """For messages: ``TIDINGS_ENCRYPTION_KEY`` or the key file's path."""
+    created: Path | None = None
+    """The key file, if this start made it."""
+
+
+def load_keys(settings: Settings, store: Store) -> Keys:
+    """The keys from ``TIDINGS_ENCRYPTION_KEY``; unset, those of the key file beside an
+    SQLite database (made now with a fresh key if there is none). A database server
+    has no "beside": there the setting is required, and every process needs the same."""
+    if settings.encryption_key is not None:
+        keyring = Keyring.parse(settings.encryption_key.get_secret_value())
+        return Keys(keyring, "TIDINGS_ENCRYPTION_KEY")
+    path = store.key_file()
+    if path is None:
+        raise EncryptionKeyError(
+            "TIDINGS_ENCRYPTION_KEY is required with PostgreSQL: it encrypts the endpoints' "
+            "signing secrets, and every process needs the same one. Make one with "
+            "`tidings generate-encryption-key`."
+        )
+    keyring, made = key_file(path)
+    if made:
+        log.info("encryption_key_file_created", path=str(path))
+    return Keys(keyring, f"the key file {path}", created=path if made else None)
+
+
+async def open_secrets(store: Store, keys: Keys) -> None:
+    """Open ``store``'s secrets with ``keys``; a store created before secrets were
+    encrypted has its plaintext ones encrypted now (once)."""
+    try:
+        upgraded = await store.open_secrets(keys.keyring)
+    except EncryptionKeyError as exc:
+        raise EncryptionKeyError(
+            f"{keys.source} does not open this store's secrets: {exc.detail}"
+        ) from None
+    if upgraded:
+        log.warning("plaintext_secrets_encrypted", endpoints=upgraded, key=keys.keyring.sealing_id)
+
+
 def _domain(address: str) -> str:
     return address.rsplit("@", 1)[1]
 
@@ -295,4 +352,4 @@ def _sender_config(settings: Settings) -> SenderConfig:
     )
 
 
-__all__ = ["Tidings"]
+__all__ = ["Keys", "Tidings", "load_keys", "open_secrets"]

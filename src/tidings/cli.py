@@ -1,4 +1,4 @@
-"""The ``tidings`` command: serve, worker, migrate, version."""
+"""The ``tidings`` command: serve, worker, migrate, the encryption keys, version."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ import contextlib
 import signal
 from collections.abc import Coroutine, Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import structlog
 import typer
 import uvicorn
 from rich.console import Console
 from rich.panel import Panel
+from rich.progress import Progress
 
 from tidings import __version__, logs
 from tidings.config import Settings
+from tidings.exceptions import EncryptionKeyError
 
 if TYPE_CHECKING:
     from tidings.app import Role
@@ -25,6 +27,7 @@ cli = typer.Typer(
     help="tidings: durable, signed, retried notification delivery.", no_args_is_help=True
 )
 console = Console(stderr=True)
+ROTATION_BATCH = 200  # endpoints re-encrypted per transaction
 
 
 class ServeRole(StrEnum):
@@ -75,6 +78,49 @@ def migrate() -> None:
     console.print(f"[green]migrated[/] {settings.database_url}")
 
 
+@cli.command("generate-encryption-key")
+def generate_encryption_key() -> None:
+    """Print a fresh key for TIDINGS_ENCRYPTION_KEY (base64url of 32 random bytes)."""
+    from tidings.crypto import generate_key
+
+    typer.echo(generate_key())
+
+
+@cli.command("rotate-encryption-key")
+def rotate_encryption_key() -> None:
+    """Encrypt every stored secret again with the first key of TIDINGS_ENCRYPTION_KEY.
+
+    Rotate in three steps: give every process TIDINGS_ENCRYPTION_KEY=NEW,OLD (the
+    first key encrypts, all decrypt) and restart them; run this; then drop OLD.
+    """
+    from tidings.app import load_keys, open_secrets
+    from tidings.store import open_store
+
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        store = open_store(settings.database_url)
+        try:
+            await store.migrate()
+            keys = load_keys(settings, store)
+            await open_secrets(store, keys)
+            with Progress(console=console) as progress:
+                task = progress.add_task("re-encrypting", total=await store.stale_secrets())
+                while done := await store.reseal_secrets(ROTATION_BATCH):
+                    progress.advance(task, done)
+        except EncryptionKeyError as exc:
+            _fail(exc.detail)
+        finally:
+            await store.close()
+        sealing, others = keys.keyring.sealing_id, keys.keyring.ids[1:]
+        console.print(f"[green]every secret is encrypted with key {sealing}[/]")
+        if others:
+            console.print(f"keys {', '.join(others)} are no longer needed: drop them")
+
+    _run(run())
+
+
 @cli.command()
 def version() -> None:
     """Print the version."""
@@ -92,7 +138,21 @@ async def _serve(settings: Settings, role: Role) -> None:
             param_hint="--role" if role == "api" else "worker",
         )
     tidings = Tidings(settings, role=role)
-    await tidings.start()
+    try:
+        await tidings.start()
+    except EncryptionKeyError as exc:
+        await tidings.store.close()
+        _fail(exc.detail)
+    if tidings.new_key_file:
+        console.print(
+            Panel(
+                f"Made [bold]{tidings.new_key_file}[/] (readable by its owner only): the key "
+                "that encrypts this store's endpoint secrets. Back it up with the database, "
+                "apart from it: without it they cannot be read. Or set "
+                "TIDINGS_ENCRYPTION_KEY (`tidings generate-encryption-key`).",
+                title="encryption key",
+            )
+        )
     if tidings.new_admin_token:
         console.print(
             Panel(
@@ -147,6 +207,11 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    raise SystemExit(1)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

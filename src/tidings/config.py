@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         # An error names the setting and what is wrong, never the value: it may
-        # hold a password (TIDINGS_SMTP_URL) or the admin token.
+        # hold a password (TIDINGS_SMTP_URL), the admin token or an encryption key.
         hide_input_in_errors=True,
     )
 
@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     admin_token: SecretStr | None = None
+    # Keys that encrypt the secrets the store keeps: base64url of 32 bytes each,
+    # comma-separated; the first encrypts, every one decrypts (list the old one second
+    # while rotating). Unset on SQLite: a key file beside the database, made on first
+    # start (mode 0600). Required on PostgreSQL.
+    encryption_key: SecretStr | None = None
     allow_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -114,6 +119,15 @@ class Settings(BaseSettings):
             from tidings.channels.email import parse_smtp_url
 
             parse_smtp_url(value.get_secret_value())  # its errors never show the password
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from tidings.crypto import Keyring
+
+            Keyring.parse(value.get_secret_value())  # its errors name a key's place, never it
         return value
 
     @model_validator(mode="after")

@@ -12,8 +12,10 @@
     ├── Unauthorized            401: a bad or missing credential
     ├── Forbidden               403: a valid credential on a route it may not use
     ├── AddressBlocked          a delivery's destination resolved to a refused address
-    └── StoreError              the store failed; the request may be retried
-        └── StoreUnavailable    the store cannot be reached at all
+    ├── StoreError              the store failed; the request may be retried
+    │   └── StoreUnavailable    the store cannot be reached at all
+    └── EncryptionKeyError      the keys given do not open the store's secrets (a
+                                start-up error; names key ids, never a key or secret)
 """
 
 from __future__ import annotations
@@ -82,3 +84,10 @@ class StoreError(TidingsError):
 
 class StoreUnavailable(StoreError):
     title = "Store unavailable"
+
+
+class EncryptionKeyError(TidingsError):
+    """The encryption keys given do not open a secret the store keeps (or none were
+    given where they must be). Raised at start, before anything else runs."""
+
+    title = "Encryption key error"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import an_endpoint
+from support import KEYRING, an_endpoint
 from tidings import ids
 from tidings.exceptions import Conflict, StoreError, StoreUnavailable
 from tidings.models import (
@@ -40,6 +40,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         url = f"sqlite:///{tmp_path / 'store.db'}"
     found = open_store(url)
     await found.migrate()
+    await found.open_secrets(KEYRING)
     yield found
     await found.close()
 
@@ -355,6 +356,7 @@ async def test_workers_on_one_postgresql_never_claim_the_same_delivery(postgres_
     stores = [open_store(postgres_url) for _ in range(3)]
     tenant_id = await _tenant(stores[0])
     wide = an_endpoint(tenant_id=tenant_id, max_in_flight=1000, now=NOW)
+    await stores[0].open_secrets(KEYRING)
     await stores[0].create_endpoint(wide)
     endpoint = wide.id
     await _accept(stores[0], *[_message(tenant_id, body=b'{"n": %d}' % n) for n in range(300)])
@@ -398,6 +400,7 @@ async def test_an_endpoints_caps_hold_across_workers_on_postgresql(postgres_url:
     tenant_id = await _tenant(stores[0])
     capped = an_endpoint(tenant_id=tenant_id, max_in_flight=5, now=NOW)
     limited = an_endpoint(tenant_id=tenant_id, max_in_flight=100, rate_limit_per_s=2.0, now=NOW)
+    await stores[0].open_secrets(KEYRING)
     for endpoint in (capped, limited):
         await stores[0].create_endpoint(endpoint)
     await _accept(stores[0], *[_message(tenant_id, body=b'{"n": %d}' % n) for n in range(40)])
@@ -426,6 +429,7 @@ async def test_a_claim_held_back_at_the_cap_says_so_while_work_waits(postgres_ur
     first, second = open_store(postgres_url), open_store(postgres_url)
     tenant_id = await _tenant(first)
     busy = an_endpoint(tenant_id=tenant_id, max_in_flight=3, now=NOW)
+    await first.open_secrets(KEYRING)
     await first.create_endpoint(busy)
     await _accept(first, *[_message(tenant_id, body=b'{"n": %d}' % n) for n in range(5)])
     lease = NOW + timedelta(minutes=1)

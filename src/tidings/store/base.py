@@ -11,8 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from tidings.crypto import Keyring
 from tidings.delivery.alarms import Minute
 from tidings.delivery.circuit import Breaker
 from tidings.exceptions import Conflict
@@ -75,6 +77,29 @@ class Store(ABC):
         """Raise :class:`~tidings.exceptions.StoreUnavailable` unless the store answers
         and takes writes: after a failed write (a full disk, a read-only database), until
         a write succeeds again."""
+
+    # the secrets' keys -----------------------------------------------------------
+
+    def key_file(self) -> Path | None:
+        """Where the encryption key is kept when none is given: beside the database for
+        a store in a file; None where it must be given (a database server)."""
+        return None
+
+    @abstractmethod
+    async def open_secrets(self, keyring: Keyring) -> int:
+        """Keep secrets sealed by ``keyring`` from now on: check that it opens the store
+        (:class:`~tidings.exceptions.EncryptionKeyError` if not), seal what was kept in
+        plaintext, and return how many endpoints that was. Until this is called, an
+        endpoint's secret can be neither written nor read."""
+
+    @abstractmethod
+    async def stale_secrets(self) -> int:
+        """How many endpoints keep a secret sealed under a key other than the sealing one."""
+
+    @abstractmethod
+    async def reseal_secrets(self, limit: int) -> int:
+        """Seal up to ``limit`` endpoints' secrets again under the sealing key; how many.
+        0 means none is left (and the store no longer needs the other keys)."""
 
     # settings, tenants, keys -----------------------------------------------------
 

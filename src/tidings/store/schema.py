@@ -91,8 +91,8 @@ endpoints = Table(
     Column("url", Text, nullable=False),
     Column("description", Text, nullable=False),
     Column("event_types", Text, nullable=False),  # JSON array
-    Column("secret", String(100), nullable=False),
-    Column("previous_secret", String(100)),
+    Column("secret", Text, nullable=False),  # sealed (see store/sealing.py)
+    Column("previous_secret", Text),
     Column("previous_secret_expires_at", Timestamp),
     Column("max_in_flight", Integer, nullable=False),
     Column("rate_limit_per_s", Float),

@@ -41,9 +41,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tidings import ids
+from tidings.crypto import Keyring
 from tidings.delivery.alarms import Minute
 from tidings.delivery.circuit import Breaker, CircuitState
-from tidings.exceptions import Conflict, StoreError, StoreUnavailable
+from tidings.exceptions import Conflict, EncryptionKeyError, StoreError, StoreUnavailable
 from tidings.models import (
     REPLAYABLE_STATES,
     Accepted,
@@ -72,7 +73,7 @@ from tidings.models import (
     Suspension,
     Tenant,
 )
-from tidings.store import health
+from tidings.store import health, sealing
 from tidings.store.base import Store
 from tidings.store.hot import DISABLED, Cursor, apply_results
 from tidings.store.schema import (
@@ -179,6 +180,7 @@ class SqlStore(Store):
         self._write_lock = threading.Lock()
         self._write_failure: StoreError | None = None  # the last write's, if it failed
         self._probed_at = -1e9  # monotonic
+        self._keyring: Keyring | None = None
 
     async def _writing(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -285,6 +287,30 @@ class SqlStore(Store):
         self._set_setting_tx(PROBE_SETTING, now.isoformat())
         self._write_failure = None
 
+    # the secrets' keys -----------------------------------------------------------------
+
+    @property
+    def _keys(self) -> Keyring:
+        if self._keyring is None:
+            raise EncryptionKeyError("the store's secrets are locked: no encryption key given")
+        return self._keyring
+
+    def _open_secrets_tx(self, keyring: Keyring) -> int:
+        with self._write() as conn:
+            self._lock_migrations(conn)
+            upgraded = sealing.unlock(conn, keyring)
+        self._keyring = keyring
+        return upgraded
+
+    def _stale_secrets_tx(self) -> int:
+        with self._read() as conn:
+            return sealing.stale_count(conn, self._keys)
+
+    def _reseal_secrets_tx(self, limit: int) -> int:
+        with self._write() as conn:
+            self._lock_migrations(conn)
+            return sealing.reseal(conn, self._keys, limit)
+
     # settings, tenants, keys -------------------------------------------------------
 
     def _get_setting_tx(self, key: str) -> str | None:
@@ -358,12 +384,14 @@ class SqlStore(Store):
 
     def _create_endpoint_tx(self, endpoint: Endpoint) -> None:
         with self._write() as conn:
-            conn.execute(insert(endpoints).values(**_endpoint_row(endpoint)))
+            row = sealing.sealed_row(_endpoint_row(endpoint), self._keys)
+            conn.execute(insert(endpoints).values(**row))
             self._announce(conn, ENDPOINTS)
 
     def _get_endpoint_tx(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
         with self._read() as conn:
-            return _get_endpoint(conn, tenant_id, endpoint_id)
+            endpoint = _get_endpoint(conn, tenant_id, endpoint_id)
+        return None if endpoint is None else sealing.opened(endpoint, self._keys)
 
     def _list_endpoints_tx(
         self, tenant_id: str, *, cursor: str | None, limit: int
@@ -382,7 +410,7 @@ class SqlStore(Store):
             query = query.where(endpoints.c.id < cursor)
         with self._read() as conn:
             rows = (conn.execute(query)).all()
-        return _page([_endpoint(row) for row in rows], limit)
+        return _page([sealing.opened(_endpoint(row), self._keys) for row in rows], limit)
 
     def _update_endpoint_tx(
         self, tenant_id: str, endpoint_id: str, changes: Mapping[str, Any], now: datetime
@@ -392,6 +420,8 @@ class SqlStore(Store):
             values["event_types"] = orjson.dumps(list(values["event_types"] or [])).decode()
         if values.get("retry_schedule") is not None:  # null: the default schedule
             values["retry_schedule"] = orjson.dumps(list(values["retry_schedule"])).decode()
+        values = sealing.sealed_row({**values, "id": endpoint_id}, self._keys)
+        del values["id"]
         with self._write() as conn:
             if _get_endpoint(conn, tenant_id, endpoint_id) is None:
                 return None
@@ -401,7 +431,8 @@ class SqlStore(Store):
                 .values(**values, updated_at=now)
             )
             self._announce(conn, ENDPOINTS)
-            return _get_endpoint(conn, tenant_id, endpoint_id)
+            endpoint = _get_endpoint(conn, tenant_id, endpoint_id)
+        return None if endpoint is None else sealing.opened(endpoint, self._keys)
 
     def _delete_endpoint_tx(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
         with self._write() as conn:
@@ -423,7 +454,7 @@ class SqlStore(Store):
     def _active_endpoints_tx(self) -> list[Endpoint]:
         with self._read() as conn:
             rows = conn.execute(_endpoint_select().where(endpoints.c.state == EndpointState.ACTIVE))
-            return [_endpoint(row) for row in rows]
+            return [sealing.opened(_endpoint(row), self._keys) for row in rows]
 
     # messages and deliveries ---------------------------------------------------------
 
@@ -732,7 +763,7 @@ class SqlStore(Store):
             rows = conn.execute(
                 _endpoint_select().where(endpoints.c.state == EndpointState.SUSPENDED)
             )
-            return [_endpoint(row) for row in rows]
+            return [sealing.opened(_endpoint(row), self._keys) for row in rows]
 
     def _endpoint_minutes_tx(self, since: datetime) -> dict[str, list[Minute]]:
         with self._read() as conn:
@@ -850,6 +881,15 @@ class SqlStore(Store):
 
     async def migrate(self) -> None:
         return await self._writing(self._migrate_tx)
+
+    async def open_secrets(self, keyring: Keyring) -> int:
+        return await self._writing(partial(self._open_secrets_tx, keyring))
+
+    async def stale_secrets(self) -> int:
+        return await self._reading(self._stale_secrets_tx)
+
+    async def reseal_secrets(self, limit: int) -> int:
+        return await self._writing(partial(self._reseal_secrets_tx, limit))
 
     async def get_setting(self, key: str) -> str | None:
         return await self._reading(partial(self._get_setting_tx, key))

@@ -70,6 +70,10 @@ class SqliteStore(SqlStore):
         self._hot_commits = 0
         super().__init__(writer, reader, readers=READERS)
 
+    def key_file(self) -> Path:
+        """``<database>.key``: kept, and backed up, with the database it opens."""
+        return Path(f"{self._path}.key")
+
     def _prepare(self, conn: Connection, *, durable: bool) -> None:
         conn.info["want_synchronous"] = "FULL" if durable else "NORMAL"
 
