@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import re
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -14,8 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
+from support import Receiver, bearer, new_endpoint, send, wait_for
 from tidings import __version__
+from tidings.crypto import Keyring, generate_key, key_id_of
 
 TIDINGS = [sys.executable, "-m", "tidings"]
 
@@ -142,3 +149,110 @@ def test_an_unknown_role_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "'everything' is not one of" in done.stderr
+
+
+def test_first_start_makes_a_key_file_readable_by_its_owner_and_says_so_once(
+    tmp_path: Path, serve: object
+) -> None:
+    _, process = serve(TIDINGS_ADMIN_TOKEN="t")  # type: ignore[operator]
+    first = _stop(process)
+    _, process = serve(TIDINGS_ADMIN_TOKEN="t")  # type: ignore[operator]
+    second = _stop(process)
+
+    key_file = tmp_path / "tidings.db.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "encryption key" in first
+    assert "tidings.db.key" in " ".join(first.split())  # the panel may wrap the path
+    assert "encryption key" not in second
+    key = key_file.read_text().strip()
+    assert key not in first
+    assert key not in second
+
+
+def test_serve_with_the_wrong_key_stops_with_the_reason(tmp_path: Path, serve: object) -> None:
+    _, process = serve(TIDINGS_ADMIN_TOKEN="t", TIDINGS_ENCRYPTION_KEY=generate_key())  # type: ignore[operator]
+    _stop(process)
+    wrong = generate_key()
+
+    result = subprocess.run(
+        [*TIDINGS, "serve"],
+        env=_env(tmp_path, TIDINGS_ADMIN_TOKEN="t", TIDINGS_ENCRYPTION_KEY=wrong),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "TIDINGS_ENCRYPTION_KEY does not open this store's secrets" in message
+    assert "Traceback" not in result.stderr
+    assert wrong not in result.stderr
+
+
+async def test_rotate_encryption_key_re_encrypts_so_the_old_key_can_go(
+    tmp_path: Path, serve: object
+) -> None:
+    """NEW,OLD; rotate; then NEW alone opens the store and still signs as before."""
+    old, new = generate_key(), generate_key()
+    receiver = Receiver()
+    await receiver.start()
+    start = functools.partial(serve, TIDINGS_ADMIN_TOKEN="t", TIDINGS_ALLOW_NETWORKS="127.0.0.0/8")
+    try:
+        base, process = await asyncio.to_thread(start, TIDINGS_ENCRYPTION_KEY=old)
+        async with httpx.AsyncClient(base_url=base) as client:
+            _, key = await new_tenant_with(client, "t")
+            endpoints = [await new_endpoint(client, key, receiver.url) for _ in range(3)]
+        await asyncio.to_thread(_stop, process)
+
+        rotation = await asyncio.to_thread(
+            subprocess.run,
+            [*TIDINGS, "rotate-encryption-key"],
+            env=_env(tmp_path, TIDINGS_ENCRYPTION_KEY=f"{new},{old}"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rotation.returncode == 0, rotation.stderr
+        assert "re-encrypting" in rotation.stderr
+        new_id = Keyring.parse(new).sealing_id
+        assert f"every secret is encrypted with key {new_id}" in rotation.stderr
+        db = sqlite3.connect(tmp_path / "tidings.db")
+        stored = db.execute("SELECT secret FROM endpoints WHERE kind = 'webhook'").fetchall()
+        db.close()
+        assert {key_id_of(secret) for (secret,) in stored} == {new_id}
+
+        base, process = await asyncio.to_thread(start, TIDINGS_ENCRYPTION_KEY=new)
+        async with httpx.AsyncClient(base_url=base) as client:
+            await send(client, key)
+            await wait_for(lambda: len(receiver.received) == 3)
+        await asyncio.to_thread(_stop, process)
+    finally:
+        await receiver.stop()
+
+    # Each delivery is signed with its own endpoint's secret, as it was before the rotation.
+    signers = [
+        [e["secret"] for e in endpoints if _signed_with(e["secret"], r.body, r.headers)]
+        for r in receiver.received
+    ]
+    assert sorted(s for found in signers for s in found) == sorted(e["secret"] for e in endpoints)
+
+
+def _signed_with(secret: str, body: bytes, headers: dict[str, str]) -> bool:
+    try:
+        Webhook(secret).verify(body, headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+async def new_tenant_with(client: httpx.AsyncClient, admin_token: str) -> tuple[str, str]:
+    """A tenant and its API key, made with ``admin_token``."""
+    admin = bearer(admin_token)
+    created = await client.post(
+        "/v1/tenants", json={"name": "acme", "owner_email": "ops@acme.example"}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+    tenant_id = created.json()["id"]
+    issued = await client.post(f"/v1/tenants/{tenant_id}/api-keys", headers=admin)
+    assert issued.status_code == 201, issued.text
+    return tenant_id, issued.json()["key"]
