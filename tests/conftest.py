@@ -62,9 +62,9 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
             "log_level": "warning",
             "senders": 0,  # in-process: tests/integration/test_senders.py runs the processes
         }
-        if database_url.startswith("postgres"):  # required there; SQLite makes a key file
-            values["encryption_key"] = SecretStr(ENCRYPTION_KEY)
         values.update(overrides)
+        if str(values["database_url"]).startswith("postgres"):  # SQLite makes a key file
+            values.setdefault("encryption_key", SecretStr(ENCRYPTION_KEY))
         return Settings.model_validate(values)
 
     return make
