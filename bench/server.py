@@ -20,6 +20,8 @@ import aiohttp
 from bench.receivers import free_port
 
 ADMIN_TOKEN = "bench-admin-token"
+# One key for every process of a run (required on PostgreSQL): base64url of 32 bytes.
+ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMhISE"
 START_WITHIN_S = 30.0
 STOP_WITHIN_S = 25.0  # tidings gives in-flight attempts 10 s at shutdown
 
@@ -60,6 +62,7 @@ class TidingsServer:
             TIDINGS_HOST="127.0.0.1",
             TIDINGS_PORT=str(self.port),
             TIDINGS_ADMIN_TOKEN=ADMIN_TOKEN,
+            TIDINGS_ENCRYPTION_KEY=ENCRYPTION_KEY,
             TIDINGS_ALLOW_NETWORKS="127.0.0.0/8",
             TIDINGS_LOG_LEVEL="warning",
         )

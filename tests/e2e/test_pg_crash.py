@@ -45,7 +45,7 @@ from test_crash import (
     poster,
 )
 
-from support import Receiver, bearer, new_endpoint, new_tenant, wait_for
+from support import ENCRYPTION_KEY, Receiver, bearer, new_endpoint, new_tenant, wait_for
 from tidings.store.postgres import LEADER_LOCK
 
 pytestmark = pytest.mark.slow
@@ -74,6 +74,7 @@ class Node(Server):
         self.args = args
         self.env |= {
             "TIDINGS_DATABASE_URL": database_url,
+            "TIDINGS_ENCRYPTION_KEY": ENCRYPTION_KEY,  # required on PostgreSQL
             "TIDINGS_SENDERS": "0",
             "TIDINGS_HEALTH_INTERVAL": "1",
             "PGAPPNAME": name,  # libpq's default application_name
