@@ -330,6 +330,13 @@ async def open_secrets(store: Store, keys: Keys) -> None:
     try:
         upgraded = await store.open_secrets(keys.keyring)
     except EncryptionKeyError as exc:
+        if keys.created is not None:  # a fresh key cannot open what another key sealed
+            keys.created.unlink(missing_ok=True)
+            raise EncryptionKeyError(
+                f"the key file {keys.created} is missing, and this store's secrets are "
+                "encrypted: put it back beside the database, or give its key in "
+                f"TIDINGS_ENCRYPTION_KEY ({exc.detail})"
+            ) from None
         raise EncryptionKeyError(
             f"{keys.source} does not open this store's secrets: {exc.detail}"
         ) from None

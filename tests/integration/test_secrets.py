@@ -6,6 +6,7 @@ and starts tidings through its real start path.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -203,3 +204,24 @@ async def test_the_key_file_is_used_only_for_sqlite(
     await app.store.close()
     assert "TIDINGS_ENCRYPTION_KEY is required with PostgreSQL" in caught.value.detail
     assert "tidings generate-encryption-key" in caught.value.detail
+
+
+async def test_a_lost_key_file_is_named_and_not_replaced(
+    make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("a key file is kept only beside an SQLite database")
+    settings = make_settings(encryption_key=None)
+    async with running(settings) as client:
+        _, key = await new_tenant(client)
+        await new_endpoint(client, key, receiver.url)
+    key_file = database_url.removeprefix("sqlite:///") + ".key"
+    os.remove(key_file)
+
+    app = Tidings(settings)
+    with pytest.raises(EncryptionKeyError, match=r"the key file .*tidings.db.key is missing"):
+        await app.start()
+    await app.store.close()
+
+    # Not replaced by a fresh key, so the next start still says what is wrong.
+    assert os.path.basename(key_file) not in os.listdir(os.path.dirname(key_file))
