@@ -95,6 +95,7 @@ def reseal(conn: Connection, keyring: Keyring, limit: int) -> int:
         .where(_stale(keyring))
         .order_by(endpoints.c.id)
         .limit(limit)
+        .with_for_update()  # a secret rotated meanwhile is read anew, never written back old
     ).all()
     for row in rows:
         plain = {c: keyring.open(v, context(row.id, c)) if v else v for c, v in _secrets(row)}
@@ -139,7 +140,7 @@ def _seal_plaintext(conn: Connection, keyring: Keyring) -> int:
     plain = or_(
         *(and_(col.is_not(None), col != "", col.not_like(f"{PREFIX}%")) for col in _columns())
     )
-    rows = conn.execute(select(endpoints.c.id, *_columns()).where(plain)).all()
+    rows = conn.execute(select(endpoints.c.id, *_columns()).where(plain).with_for_update()).all()
     for row in rows:
         sealed = {
             c: keyring.seal(v, context(row.id, c)) if v and not v.startswith(PREFIX) else v
