@@ -29,9 +29,9 @@ from support import (
     wait_for,
 )
 from tidings.api.app import create_api
-from tidings.app import Tidings
+from tidings.app import Tidings, load_keys, open_secrets
 from tidings.config import Settings
-from tidings.crypto import Keyring, generate_key, is_sealed
+from tidings.crypto import Keyring, generate_key, is_sealed, key_id_of
 from tidings.exceptions import EncryptionKeyError
 
 pytestmark = BOTH_BACKENDS
@@ -225,3 +225,28 @@ async def test_a_lost_key_file_is_named_and_not_replaced(
 
     # Not replaced by a fresh key, so the next start still says what is wrong.
     assert os.path.basename(key_file) not in os.listdir(os.path.dirname(key_file))
+
+
+async def test_after_re_encryption_the_old_key_can_go(
+    make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
+) -> None:
+    new = generate_key()
+    async with running(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))) as client:
+        _, key = await new_tenant(client)
+        endpoint = await new_endpoint(client, key, receiver.url)
+        await client.post(f"/v1/endpoints/{endpoint['id']}/rotate-secret", headers=bearer(key))
+
+    rotating = Tidings(make_settings(encryption_key=SecretStr(f"{new},{ENCRYPTION_KEY}")))
+    await open_secrets(rotating.store, load_keys(rotating.settings, rotating.store))
+    assert await rotating.store.stale_secrets() == 1
+    assert await rotating.store.reseal_secrets(limit=10) == 1
+    assert await rotating.store.reseal_secrets(limit=10) == 0
+    await rotating.store.close()
+
+    new_id = Keyring.parse(new).sealing_id
+    assert {key_id_of(s) for s in stored_secrets(database_url, endpoint["id"]) if s} == {new_id}
+    receiver.secret = endpoint["secret"]  # the previous secret, still in its grace
+    async with running(make_settings(encryption_key=SecretStr(new))) as client:
+        await send(client, key)
+        await wait_for(lambda: len(receiver.received) == 1)
+    assert receiver.received[0].verified is True
