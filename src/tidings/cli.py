@@ -13,6 +13,7 @@ import structlog
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import Progress
 
@@ -144,14 +145,15 @@ async def _serve(settings: Settings, role: Role) -> None:
         await tidings.store.close()
         _fail(exc.detail)
     if tidings.new_key_file:
+        # Not in a panel: a long path wrapped inside a box could not be copied whole.
+        made = escape(str(tidings.new_key_file))
         console.print(
-            Panel(
-                f"Made [bold]{tidings.new_key_file}[/] (readable by its owner only): the key "
-                "that encrypts this store's endpoint secrets. Back it up with the database, "
-                "apart from it: without it they cannot be read. Or set "
-                "TIDINGS_ENCRYPTION_KEY (`tidings generate-encryption-key`).",
-                title="encryption key",
-            )
+            f"[bold]encryption key:[/] made {made} (readable by its owner "
+            "only), the key that encrypts this store's endpoint secrets. Back it up with the "
+            "database, apart from it: without it they cannot be read. Or set "
+            "TIDINGS_ENCRYPTION_KEY (`tidings generate-encryption-key`).",
+            soft_wrap=True,
+            highlight=False,
         )
     if tidings.new_admin_token:
         console.print(
@@ -210,7 +212,7 @@ class _Server(uvicorn.Server):
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/] {message}", highlight=False)
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False)
     raise SystemExit(1)
 
 
