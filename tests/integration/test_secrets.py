@@ -34,8 +34,6 @@ from tidings.config import Settings
 from tidings.crypto import Keyring, generate_key, is_sealed, key_id_of
 from tidings.exceptions import EncryptionKeyError
 
-pytestmark = BOTH_BACKENDS
-
 OTHER_KEY = generate_key()
 
 
@@ -73,6 +71,7 @@ def stored_secrets(url: str, endpoint_id: str) -> tuple[str, str | None]:
     return secret, previous
 
 
+@BOTH_BACKENDS
 async def test_secrets_are_stored_encrypted_and_still_sign(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
@@ -101,6 +100,7 @@ async def test_secrets_are_stored_encrypted_and_still_sign(
     assert "whsec_" not in repr(dump)
 
 
+@BOTH_BACKENDS
 async def test_a_store_read_with_the_wrong_key_is_a_clear_start_up_error(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
@@ -121,6 +121,7 @@ async def test_a_store_read_with_the_wrong_key_is_a_clear_start_up_error(
     assert OTHER_KEY not in message
 
 
+@BOTH_BACKENDS
 async def test_a_store_without_endpoints_still_refuses_the_wrong_key(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -133,6 +134,7 @@ async def test_a_store_without_endpoints_still_refuses_the_wrong_key(
     await wrong.store.close()
 
 
+@BOTH_BACKENDS
 async def test_plaintext_secrets_of_an_older_store_are_encrypted_at_the_first_start(
     make_settings: Callable[..., Settings],
     database_url: str,
@@ -169,6 +171,7 @@ async def test_plaintext_secrets_of_an_older_store_are_encrypted_at_the_first_st
     assert [r.received[0].verified for r in receivers] == [True, True]
 
 
+@BOTH_BACKENDS
 async def test_a_sealed_secret_copied_to_another_endpoint_does_not_open(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
@@ -188,6 +191,7 @@ async def test_a_sealed_secret_copied_to_another_endpoint_does_not_open(
         await app.stop()
 
 
+@BOTH_BACKENDS
 async def test_the_key_file_is_used_only_for_sqlite(
     make_settings: Callable[..., Settings], database_url: str
 ) -> None:
@@ -209,8 +213,7 @@ async def test_the_key_file_is_used_only_for_sqlite(
 async def test_a_lost_key_file_is_named_and_not_replaced(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("a key file is kept only beside an SQLite database")
+    """On SQLite (the database_url fixture's default): only there is a key file kept."""
     settings = make_settings(encryption_key=None)
     async with running(settings) as client:
         _, key = await new_tenant(client)
@@ -227,6 +230,7 @@ async def test_a_lost_key_file_is_named_and_not_replaced(
     assert os.path.basename(key_file) not in os.listdir(os.path.dirname(key_file))
 
 
+@BOTH_BACKENDS
 async def test_after_re_encryption_the_old_key_can_go(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
