@@ -443,6 +443,13 @@ BAD_URLS = [
     ("example.com/hook", "is not allowed; use http or https"),
     ("http:///hook", "has no host"),
     ("https://user:secret@example.com/hook", "credentials in the URL are not allowed"),
+    # yarl would drop CR, LF and TAB without a word, so the URL kept is not the one sent.
+    ("https://example.com/hook\r\nX-Injected: 1", "the control character '\\r'"),
+    ("https://example.com/hook\n", "the control character '\\n'"),
+    ("https://exam\tple.com/hook", "the control character '\\t'"),
+    ("https://example.com/\x7fhook", "the control character '\\x7f'"),
+    ("https://example.com:0/hook", "port 0 is not a port"),
+    ("https://example.com:00/hook", "port 0 is not a port"),
 ]
 
 

@@ -486,6 +486,9 @@ BAD_LOOKUP_URLS = [
     ("http:///people", "the URL has no host"),
     ("https://user:secret@example.com/people", "credentials in the URL are not allowed"),
     ("http://example.com/" + "a" * 2048, "lookup.url: String should have at most 2048"),
+    ("https://example.com/people?email={{ to }}\r\nX-Injected: 1", "control character '\\r'"),
+    ("https://example.com/people\t?email={{ to }}", "lookup.url: the URL holds the control"),
+    ("https://example.com:0/people?email={{ to }}", "lookup.url: port 0 is not a port"),
 ]
 
 

@@ -23,7 +23,8 @@ Rules
 
 Where the rules are enforced
 ----------------------------
-* :meth:`SsrfGuard.check_url` when an endpoint is registered: scheme, host,
+* :meth:`SsrfGuard.check_url` when an endpoint or a lookup URL is registered: control
+  characters, scheme, host, port 0,
   credentials, length, and hosts that *are* addresses (IP literals,
   ``localhost``). It never resolves DNS.
 * :class:`GuardedResolver` at delivery time, for every DNS name.
@@ -51,6 +52,7 @@ IPNetwork = IPv4Network | IPv6Network
 MAX_URL_LENGTH = 2048
 VERDICTS_KEPT = 4096  # hosts whose check_destination verdict is remembered
 _SCHEMES = frozenset({"http", "https"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 controls and DEL
 
 # First match wins, so narrower networks come before the ones containing them.
 _IPV4_REFUSED: tuple[tuple[IPv4Network, str], ...] = tuple(
@@ -203,6 +205,13 @@ class SsrfGuard:
         """
         if len(url) > MAX_URL_LENGTH:
             raise InvalidEndpointUrl(f"the URL is longer than {MAX_URL_LENGTH} characters")
+        control = _CONTROL.search(url)
+        if control is not None:
+            # yarl drops CR, LF and TAB without a word: the URL kept would not be the one checked.
+            raise InvalidEndpointUrl(
+                f"the URL holds the control character {control.group()!r}; "
+                "percent-encode it (CR, LF, TAB, NUL and the rest are never part of a URL)"
+            )
         try:
             parsed = URL(url)
         except ValueError as exc:
@@ -211,6 +220,8 @@ class SsrfGuard:
             raise InvalidEndpointUrl(f"scheme {parsed.scheme!r} is not allowed; use http or https")
         if not parsed.host:
             raise InvalidEndpointUrl("the URL has no host")
+        if parsed.explicit_port == 0:
+            raise InvalidEndpointUrl("port 0 is not a port one can connect to")
         if parsed.raw_user is not None or parsed.raw_password is not None:
             raise InvalidEndpointUrl(
                 "credentials in the URL are not allowed; send them in a header instead"
