@@ -277,6 +277,28 @@ def chunked(body: bytes, size: int = 16 * 1024) -> Callable[[], AsyncIterator[by
     return stream
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""]
+)
+async def test_a_body_that_is_not_json_is_a_415_on_every_route(
+    world: World, content_type: str
+) -> None:
+    """Ingest is served ahead of FastAPI: it refuses a non-JSON body as FastAPI's routes do."""
+    message = json.dumps({"event_type": "order.paid", "payload": {"order": 2}}).encode()
+    endpoint = json.dumps({"url": GOOD_URL}).encode()
+    headers = {"content-type": content_type}  # "": as good as none
+    title = "Unsupported media type"
+    await refuse_all(
+        world,
+        [
+            Bad(
+                "POST", MESSAGES, 415, "content-type", content=message, headers=headers, title=title
+            ),
+            Bad("POST", ENDPOINTS, 415, "content-type", content=endpoint, headers=headers),
+        ],
+    )
+
+
 async def test_an_oversize_body_with_content_length_is_a_413(world: World) -> None:
     too_big = message_body(LIMIT + 1)
     assert len(too_big) == LIMIT + 1

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, StringConstraints, TypeAdapter, ValidationError
 
 from tidings.api.auth import App, TenantId, require_tenant, tidings_of
+from tidings.api.problems import not_json, read_as_json
 from tidings.api.schemas import (
     AcceptedOut,
     AttemptOut,
@@ -74,6 +75,8 @@ async def create_message(request: Request) -> Response:
     """Accept a message; the answer comes once it is committed to the store."""
     app = tidings_of(request)
     tenant_id = await require_tenant(request)
+    if not read_as_json(request.headers.get("content-type")):
+        return not_json()
     key = idempotency_key(request.headers.get("idempotency-key"))
     raw = await request.body()
     if not raw:

@@ -64,21 +64,31 @@ def install(app: FastAPI) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RequestValidationError) and _body_not_json(request, exc):
-            return problem(
-                415,
-                "Unsupported media type",
-                "send the body as JSON, with the header Content-Type: application/json",
-            )
+            return not_json()
         return problem_for(exc, request.url.path)
 
     for error in (TidingsError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(error, handle)
 
 
+def not_json() -> JSONResponse:
+    return problem(
+        415,
+        "Unsupported media type",
+        "send the body as JSON, with the header Content-Type: application/json",
+    )
+
+
+def read_as_json(content_type: str | None) -> bool:
+    """Whether a body of ``content_type`` is read as JSON: only under a JSON media type
+    (FastAPI's strict rule: a body sent with none is not read either)."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
 def _body_not_json(request: Request, exc: RequestValidationError) -> bool:
     """A body FastAPI did not read as JSON, because its Content-Type is not JSON."""
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type == "application/json" or media_type.endswith("+json"):
+    if read_as_json(request.headers.get("content-type")):
         return False
     return any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
 
