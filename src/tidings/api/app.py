@@ -7,6 +7,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings import __version__
 from tidings.api import emails, endpoints, health, messages, problems, templates, tenants
+from tidings.api.nul import NulGuard
 from tidings.app import Tidings
 
 
@@ -27,7 +28,8 @@ def create_api(tidings: Tidings, *, operations_only: bool = False) -> ASGIApp:
         api.include_router(module.router)
     if operations_only:
         return api
-    return problems.BodyLimit(IngestFirst(api), max_bytes=tidings.settings.max_body_bytes)
+    served = NulGuard(IngestFirst(api))
+    return problems.BodyLimit(served, max_bytes=tidings.settings.max_body_bytes)
 
 
 class IngestFirst:

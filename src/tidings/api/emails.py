@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, JsonValue
 
 from tidings.api.auth import App, TenantId
 from tidings.api.messages import idempotency_key
-from tidings.api.schemas import AttemptOut, Email, PageOut, _finite, _In
+from tidings.api.schemas import AttemptOut, Email, PageOut, _In, _numbers
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput, MissingField, NotFound
 from tidings.models import DeliveryState, EmailDetail, EmailRequest, NewMessage, SinkEmail
@@ -25,7 +25,7 @@ EmailStatus = Literal["accepted", "sending", "retrying", "delivered", "failed", 
 class EmailIn(_In):
     to: Email
     template: str = Field(min_length=1, max_length=100)
-    personalisation: dict[str, Annotated[JsonValue, AfterValidator(_finite)]] = Field(
+    personalisation: dict[str, Annotated[JsonValue, AfterValidator(_numbers)]] = Field(
         default_factory=dict, description="The values the template's fields take."
     )
     reference: str | None = Field(

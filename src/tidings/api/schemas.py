@@ -56,17 +56,39 @@ Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
 Schedule = Annotated[list[float], BeforeValidator(_schedule)]
 
 
-def _finite(value: JsonValue) -> JsonValue:
-    """Refuse NaN and Infinity anywhere in a payload: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("NaN and Infinity are not JSON numbers")
-    if isinstance(value, list):
-        for item in value:
-            _finite(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _finite(item)
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson writes, and receivers read back
+
+
+def _numbers(value: JsonValue) -> JsonValue:
+    """Refuse the numbers tidings could not send on as written: NaN and Infinity (not
+    JSON numbers) and integers beyond 64 bits (which the envelope's serialiser refuses and
+    most receivers would read as a rounded float). Both say where the number is."""
+    where = _bad_number(value, "")
+    if where is not None:
+        raise ValueError(where)
     return value
+
+
+def _bad_number(value: JsonValue, path: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"NaN and Infinity are not JSON numbers (at {path or '/'})"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        return (
+            f"the integer at {path or '/'} is beyond 64 bits (from {INT_MIN} to {INT_MAX}); "
+            "send a number that large as a string"
+        )
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = _bad_number(item, f"{path}/{key}")
+        if found is not None:
+            return found
+    return None
 
 
 class _In(BaseModel):
@@ -325,7 +347,7 @@ class EndpointOut(BaseModel):
 
 class MessageIn(_In):
     event_type: EventType
-    payload: Annotated[JsonValue, AfterValidator(_finite)] = Field(
+    payload: Annotated[JsonValue, AfterValidator(_numbers)] = Field(
         description="Any JSON value; delivered as the envelope's `data`."
     )
 
