@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -14,6 +16,20 @@ from tidings.app import Tidings
 def create_api(tidings: Tidings, *, operations_only: bool = False) -> ASGIApp:
     """The HTTP API of ``tidings``; the caller starts and stops ``tidings`` itself.
     ``operations_only``: only /healthz, /readyz and /metrics (a worker's)."""
+    api = _routes(operations_only=operations_only)
+    api.state.tidings = tidings
+    if operations_only:
+        return api
+    served = NulGuard(IngestFirst(api))
+    return problems.BodyLimit(served, max_bytes=tidings.settings.max_body_bytes)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document ``/openapi.json`` serves, without a running tidings."""
+    return _routes(operations_only=False).openapi()
+
+
+def _routes(*, operations_only: bool) -> FastAPI:
     api = FastAPI(
         title="tidings",
         version=__version__,
@@ -21,15 +37,12 @@ def create_api(tidings: Tidings, *, operations_only: bool = False) -> ASGIApp:
         docs_url="/docs",
         redoc_url=None,
     )
-    api.state.tidings = tidings
     problems.install(api)
     everything = (health, tenants, endpoints, messages, templates, emails)
     for module in (health,) if operations_only else everything:
+        problems.declare(module.router)
         api.include_router(module.router)
-    if operations_only:
-        return api
-    served = NulGuard(IngestFirst(api))
-    return problems.BodyLimit(served, max_bytes=tidings.settings.max_body_bytes)
+    return api
 
 
 class IngestFirst:

@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator, BaseModel, Field, JsonValue
 
+from tidings.api import problems
 from tidings.api.auth import App, TenantId
 from tidings.api.messages import idempotency_key
 from tidings.api.schemas import AttemptOut, Email, PageOut, _In, _numbers
@@ -113,7 +114,7 @@ _STATUS: dict[DeliveryState, EmailStatus] = {
 }
 
 
-@router.post("/v1/emails", status_code=202)
+@router.post("/v1/emails", status_code=202, responses=problems.responses(409))
 async def send_email(
     body: EmailIn,
     tenant_id: TenantId,
@@ -163,7 +164,7 @@ async def get_email(email_id: str, tenant_id: TenantId, app: App) -> EmailOut:
     return EmailOut.of(detail)
 
 
-@router.get("/v1/sink/emails")
+@router.get("/v1/sink/emails", responses=problems.responses(404))
 async def list_sink_emails(
     tenant_id: TenantId,
     app: App,

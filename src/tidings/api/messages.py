@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, StringConstraints, TypeAdapter, ValidationError
 
+from tidings.api import problems
 from tidings.api.auth import App, TenantId, require_tenant, tidings_of
 from tidings.api.problems import not_json, read_as_json
 from tidings.api.schemas import (
@@ -69,7 +70,11 @@ _INGEST_OPENAPI: dict[str, Any] = {
 
 
 @router.post(
-    "/v1/messages", status_code=202, response_model=AcceptedOut, openapi_extra=_INGEST_OPENAPI
+    "/v1/messages",
+    status_code=202,
+    response_model=AcceptedOut,
+    openapi_extra=_INGEST_OPENAPI,
+    responses=problems.responses(409),
 )
 async def create_message(request: Request) -> Response:
     """Accept a message; the answer comes once it is committed to the store."""
@@ -151,7 +156,7 @@ async def list_deliveries(
     return PageOut(data=[DeliveryOut.of(d) for d in page.items], next_cursor=page.next_cursor)
 
 
-@router.post("/v1/deliveries/replay")
+@router.post("/v1/deliveries/replay", responses=problems.responses(404))
 async def replay(body: ReplayIn, tenant_id: TenantId, app: App) -> ReplayOut:
     """Return dead or held deliveries to pending, to be attempted again at once."""
     if not (body.ids or body.endpoint_id or body.since or body.until):

@@ -8,14 +8,17 @@ whose ``detail`` names each field and what is wrong with it, with the list in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.exceptions import TidingsError
@@ -23,6 +26,47 @@ from tidings.exceptions import TidingsError
 log = structlog.get_logger(__name__)
 
 PROBLEM = "application/problem+json"
+
+_TEXT = {"type": "string"}
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document; `errors` lists each invalid field.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": _TEXT,
+        "title": _TEXT,
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": _TEXT,
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {"loc": _TEXT, "msg": _TEXT, "type": _TEXT},
+            },
+        },
+    },
+}
+WHY: dict[int, str] = {
+    400: "The body is not valid JSON, or a field the request needs is missing.",
+    401: "No credential, or one that is not valid.",
+    403: "A credential for the other kind of route (the admin token or a tenant key).",
+    404: "No such object (another tenant's is not found either).",
+    409: "Already there: an Idempotency-Key used with another body, or a name taken.",
+    413: "The body is over TIDINGS_MAX_BODY_BYTES.",
+    415: "The body is not sent as JSON (Content-Type: application/json).",
+    422: "A field, parameter or header is not valid; `errors` says which and why.",
+    503: "The store cannot answer now; try again.",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The problem documents ``statuses`` for a route's ``responses=`` (OpenAPI)."""
+    return {
+        status: {"description": WHY[status], "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+        for status in statuses
+    }
 
 
 def problem(
@@ -65,10 +109,46 @@ def install(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RequestValidationError) and _body_not_json(request, exc):
             return not_json()
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            exc = HTTPException(405, exc.detail, {"allow": _allowed(app, request.url.path)})
         return problem_for(exc, request.url.path)
 
     for error in (TidingsError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(error, handle)
+
+
+def _allowed(app: FastAPI, path: str) -> str:
+    """The methods the OpenAPI document lists for ``path`` (and HEAD with GET), so the
+    ``Allow`` of a 405 says what the document says. (Starlette's names only the methods
+    of the first route of the path, where each method has a route of its own.)"""
+    table: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "allow", None)
+    if table is None:
+        table = []
+        for template, operations in app.openapi()["paths"].items():
+            methods = {method.upper() for method in operations}
+            if "GET" in methods:
+                methods.add("HEAD")
+            table.append((compile_path(template)[0], ", ".join(sorted(methods))))
+        app.state.allow = table
+    return next((methods for pattern, methods in table if pattern.match(path)), "")
+
+
+def declare(router: APIRouter) -> None:
+    """Declare in the OpenAPI document the problem documents each operation may answer.
+
+    By the route: the tenant and admin routes (``/v1/``) answer 401, 403, 422 and 503;
+    those with a body 400, 413 and 415 too; those whose path names an object 404. What
+    only some routes answer (409) each declares itself.
+    """
+    for route in router.routes:
+        if not isinstance(route, APIRoute) or not route.path.startswith("/v1/"):
+            continue
+        statuses = [401, 403, 422, 503]
+        if route.body_field is not None or "requestBody" in (route.openapi_extra or {}):
+            statuses += [400, 413, 415]
+        if "{" in route.path:
+            statuses.append(404)
+        route.responses = {**responses(*statuses), **route.responses}
 
 
 def not_json() -> JSONResponse:

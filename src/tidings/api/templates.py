@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from tidings.api import problems
 from tidings.api.auth import App, TenantId
 from tidings.api.schemas import PageOut
 from tidings.email import templates
@@ -116,7 +117,7 @@ async def _store(
     return stored if create else await _get(app, tenant_id, name)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=problems.responses(409))
 async def create_template(body: TemplateIn, tenant_id: TenantId, app: App) -> TemplateOut:
     """Create a template. A syntax error is refused with its part, line and message."""
     stored = await _store(
