@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings import __version__
-from tidings.api import emails, endpoints, health, messages, problems, templates, tenants
+from tidings.api import emails, endpoints, health, messages, nul, problems, templates, tenants
 from tidings.api.nul import NulGuard
 from tidings.app import Tidings
 
@@ -42,6 +42,14 @@ def _routes(*, operations_only: bool) -> FastAPI:
     for module in (health,) if operations_only else everything:
         problems.declare(module.router)
         api.include_router(module.router)
+    build = api.openapi
+
+    def documented() -> dict[str, Any]:
+        document = build()  # built once, then cached by FastAPI
+        nul.declare(document)
+        return document
+
+    api.openapi = documented  # type: ignore[method-assign]
     return api
 
 

@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import AfterValidator, BaseModel, Field, JsonValue
+from pydantic import BaseModel, Field
 
 from tidings.api import problems
 from tidings.api.auth import App, TenantId
-from tidings.api.messages import idempotency_key
-from tidings.api.schemas import AttemptOut, Email, PageOut, _In, _numbers
+from tidings.api.messages import IDEMPOTENCY_KEY_RULES, idempotency_key
+from tidings.api.schemas import AttemptOut, Email, PageOut, PortableJson, _In
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput, MissingField, NotFound
 from tidings.models import DeliveryState, EmailDetail, EmailRequest, NewMessage, SinkEmail
@@ -26,7 +26,7 @@ EmailStatus = Literal["accepted", "sending", "retrying", "delivered", "failed", 
 class EmailIn(_In):
     to: Email
     template: str = Field(min_length=1, max_length=100)
-    personalisation: dict[str, Annotated[JsonValue, AfterValidator(_numbers)]] = Field(
+    personalisation: dict[str, PortableJson] = Field(
         default_factory=dict, description="The values the template's fields take."
     )
     reference: str | None = Field(
@@ -120,7 +120,7 @@ async def send_email(
     tenant_id: TenantId,
     app: App,
     response: Response,
-    key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    key: Annotated[str | None, Header(alias="Idempotency-Key", **IDEMPOTENCY_KEY_RULES)] = None,
 ) -> EmailAccepted:
     """Accept an email; the answer comes once it is committed. Every field the
     template uses must have a value (``to`` is always there)."""

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from tidings import ids
+from tidings.api import problems
 from tidings.api.auth import App, TenantId, key_prefix
 from tidings.api.schemas import (
     AlarmPolicyPatch,
@@ -116,7 +117,7 @@ async def rotate_secret(endpoint_id: str, tenant_id: TenantId, app: App) -> Endp
     return await _apply(app, tenant_id, endpoint_id, changes)
 
 
-@router.post("/{endpoint_id}/suspend")
+@router.post("/{endpoint_id}/suspend", responses=problems.responses(409))
 async def suspend_endpoint(
     endpoint_id: str, body: SuspendIn, tenant_id: TenantId, app: App, request: Request
 ) -> SuspensionOut:
@@ -127,7 +128,7 @@ async def suspend_endpoint(
     return SuspensionOut.of(await app.health.suspend(endpoint, body.reason, by))
 
 
-@router.post("/{endpoint_id}/resume")
+@router.post("/{endpoint_id}/resume", responses=problems.responses(409))
 async def resume_endpoint(
     endpoint_id: str, tenant_id: TenantId, app: App, request: Request
 ) -> ResumedOut:

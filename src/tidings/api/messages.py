@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime, StringConstraints, TypeAdapter, ValidationError
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from tidings.api import problems
 from tidings.api.auth import App, TenantId, require_tenant, tidings_of
@@ -18,6 +18,7 @@ from tidings.api.schemas import (
     AttemptOut,
     DeliveryOut,
     DeliveryWithAttempts,
+    Instant,
     MessageIn,
     MessageOut,
     PageOut,
@@ -30,6 +31,11 @@ from tidings.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySele
 router = APIRouter(tags=["messages"])
 
 _KEY_RULES: dict[str, Any] = {"minLength": 1, "maxLength": 200, "pattern": r"^[\x21-\x7e]+$"}
+IDEMPOTENCY_KEY_RULES: dict[str, Any] = {
+    "min_length": 1,
+    "max_length": 200,
+    "pattern": _KEY_RULES["pattern"],
+}
 _IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
     Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_KEY_RULES["pattern"])]
 )
@@ -145,8 +151,8 @@ async def list_deliveries(
     state: DeliveryState | None = None,
     endpoint_id: str | None = None,
     message_id: str | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> PageOut[DeliveryOut]:

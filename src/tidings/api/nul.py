@@ -29,6 +29,23 @@ _ESCAPED = b"\\u0000"
 _MESSAGE = "NUL characters (U+0000) are not accepted"
 
 
+NO_NUL = "^[^\\u0000]*$"
+
+
+def declare(document: dict[str, Any]) -> None:
+    """Say in the OpenAPI document that no string holds a NUL: every string schema gets
+    the pattern ``NO_NUL`` (beside its own, if it has one)."""
+    if document.get("type") == "string":
+        if "pattern" not in document:
+            document["pattern"] = NO_NUL
+        elif NO_NUL not in (rule.get("pattern") for rule in document.get("allOf", ())):
+            document.setdefault("allOf", []).append({"pattern": NO_NUL})
+    for value in document.values():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, dict):
+                declare(item)
+
+
 class NulGuard:
     """Refuse a request holding a NUL with a 422 problem that names the field."""
 

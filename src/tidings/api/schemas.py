@@ -16,11 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    WithJsonSchema,
 )
 
 from tidings.delivery.alarms import MAX_WINDOW_S, AlarmPolicy
 from tidings.delivery.circuit import Breaker, CircuitState
-from tidings.delivery.policy import validate_schedule
+from tidings.delivery.policy import MAX_SCHEDULE_DELAY, MAX_SCHEDULE_LENGTH, validate_schedule
 from tidings.models import (
     ApiKey,
     Attempt,
@@ -51,9 +52,49 @@ def _schedule(value: object) -> list[float]:
     return list(validate_schedule(value))
 
 
-Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+# The patterns below document in the OpenAPI document what a validator checks (in code:
+# pydantic's regex engine has no lookahead, and some checks give a better message).
+Email = Annotated[
+    str,
+    Field(max_length=320, json_schema_extra={"pattern": _EMAIL.pattern}),
+    AfterValidator(_email),
+]
 # validate_schedule sees the raw JSON, so `true` or "5" are refused, not coerced.
-Schedule = Annotated[list[float], BeforeValidator(_schedule)]
+Schedule = Annotated[
+    list[Annotated[float, Field(ge=0, le=MAX_SCHEDULE_DELAY.total_seconds())]],
+    Field(min_length=1, max_length=MAX_SCHEDULE_LENGTH),
+    BeforeValidator(_schedule),
+]
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = (
+    r"^https?://(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*"
+    rf"(?::{_PORT})?(?:[/?#][^\x00-\x20\x7f]*)?$"
+)
+_URL_RULES = (
+    "An http or https URL naming its host (the pattern). An IP literal is accepted too, "
+    "where the SSRF guard allows its address; a name is checked when it is resolved."
+)
+Url = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        description=_URL_RULES,
+        json_schema_extra={"pattern": URL_PATTERN},
+    ),
+]
+
+
+def _rfc3339(value: object) -> object:
+    """Refuse a number for an instant: pydantic would read ``0.5`` as a Unix time, and the
+    document says date-time. Everything else is left to pydantic's own messages."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("give a date and time with a time zone, as 2026-03-01T12:00:00Z")
+    return value
+
+
+_NUMBER = re.compile(r"\s*[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?\s*")
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson writes, and receivers read back
@@ -91,12 +132,47 @@ def _bad_number(value: JsonValue, path: str) -> str | None:
     return None
 
 
+def _json_value_schema(depth: int) -> dict[str, Any]:
+    """What a payload may be, as JSON Schema: any JSON, its integers within 64 bits (its
+    strings without NUL, as every string: see tidings.api.nul). Written out ``depth``
+    levels deep, anything below (the document holds no recursive schema)."""
+    if depth == 0:
+        return {}
+    inner = _json_value_schema(depth - 1)
+    return {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "number", "minimum": INT_MIN, "maximum": INT_MAX},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": inner},
+            {"type": "object", "additionalProperties": inner},
+        ]
+    }
+
+
+JSON_VALUE_SCHEMA = _json_value_schema(3)
+PortableJson = Annotated[
+    JsonValue, AfterValidator(_numbers), WithJsonSchema(JSON_VALUE_SCHEMA, mode="validation")
+]
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 Window = Annotated[float, Field(ge=60, le=MAX_WINDOW_S, description="Seconds.")]
-Count = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+def _whole(value: object) -> object:
+    """``5.0`` is the count 5 (JSON, and the document, do not tell them apart); ``true``
+    and ``"5"`` are still refused, strictly."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole), Field(ge=1, le=1_000_000)]
 
 
 class AlarmPolicyPatch(_In):
@@ -123,7 +199,7 @@ class AlarmPolicyPatch(_In):
     )
     breaker_consecutive_failures: Count | None = None
     breaker_failure_ratio: float | None = Field(default=None, gt=0, le=1)
-    breaker_min_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    breaker_min_attempts: Annotated[int, BeforeValidator(_whole), Field(ge=1, le=100)] | None = None
     breaker_window_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
     breaker_cool_down_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
     breaker_max_cool_down_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
@@ -227,7 +303,7 @@ class ApiKeyInfo(BaseModel):
 
 
 class EndpointIn(_In):
-    url: str = Field(min_length=1, max_length=2048)
+    url: Url
     description: str = Field(default="", max_length=1000)
     event_types: list[EventType] = Field(
         default_factory=list, max_length=100, description="Empty: every event type."
@@ -243,7 +319,7 @@ class EndpointIn(_In):
 
 
 class EndpointPatch(_In):
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    url: Url | None = None
     description: str | None = Field(default=None, max_length=1000)
     event_types: list[EventType] | None = Field(default=None, max_length=100)
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
@@ -347,9 +423,7 @@ class EndpointOut(BaseModel):
 
 class MessageIn(_In):
     event_type: EventType
-    payload: Annotated[JsonValue, AfterValidator(_numbers)] = Field(
-        description="Any JSON value; delivered as the envelope's `data`."
-    )
+    payload: PortableJson = Field(description="Any JSON value; delivered as the envelope's `data`.")
 
 
 class AcceptedDelivery(BaseModel):
@@ -408,11 +482,29 @@ class MessageOut(BaseModel):
     deliveries: list[DeliveryWithAttempts]
 
 
+_SOME_TEXT: dict[str, JsonValue] = {"type": "string", "minLength": 1}
+
+
 class ReplayIn(_In):
+    """Name the deliveries by at least one of ``ids`` (not empty), ``endpoint_id``,
+    ``since`` or ``until``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["ids"], "properties": {"ids": {"type": "array", "minItems": 1}}},
+                {"required": ["endpoint_id"], "properties": {"endpoint_id": _SOME_TEXT}},
+                {"required": ["since"], "properties": {"since": _SOME_TEXT}},
+                {"required": ["until"], "properties": {"until": _SOME_TEXT}},
+            ]
+        },
+    )
+
     ids: list[str] | None = Field(default=None, max_length=1000)
     endpoint_id: str | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Instant | None = None
+    until: Instant | None = None
 
 
 class ReplayOut(BaseModel):

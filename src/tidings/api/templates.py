@@ -23,8 +23,9 @@ router = APIRouter(prefix="/v1/templates", tags=["email"])
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The template's name.")]
-Subject = Annotated[str, Field(min_length=1, max_length=1000)]
-Body = Annotated[str, Field(min_length=1, max_length=100_000)]
+_NOT_BLANK = {"pattern": r"\S"}  # checked by templates.check, with a better message
+Subject = Annotated[str, Field(min_length=1, max_length=1000, json_schema_extra=_NOT_BLANK)]
+Body = Annotated[str, Field(min_length=1, max_length=100_000, json_schema_extra=_NOT_BLANK)]
 _TEMPLATED_ORIGIN = re.compile(r"^[^/]*//[^/?#]*[{%]")  # a placeholder in scheme, host or port
 
 
@@ -44,10 +45,13 @@ class LookupBody(_In):
         max_length=2048,
         description="A Jinja template of an http(s) URL; the values are URL-encoded. "
         "Its host must be written out.",
+        json_schema_extra={"pattern": r"^https?://[A-Za-z0-9.-]*[A-Za-z][A-Za-z0-9-]*(?:[:/?#]|$)"},
     )
     timeout_ms: int = Field(default=2000, ge=1, le=10_000)
     select: str = Field(
-        max_length=500, description="A JSON Pointer into the answer; its value picks a variant."
+        max_length=500,
+        description="A JSON Pointer into the answer; its value picks a variant.",
+        json_schema_extra={"pattern": r"^(?:/(?:[^~/]|~[01])*)*$"},
     )
 
 
