@@ -9,7 +9,7 @@ TOOLS := .tools
 # apt-get with its package lists and cache in $(TOOLS)/apt: no root needed, the system untouched.
 APT_PRIVATE := -o Dir::State::Lists=$(abspath $(TOOLS))/apt/lists -o Dir::Cache=$(abspath $(TOOLS))/apt/cache
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ test: $(VENV)/.installed-dev $(BIN)/promtool
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 	$(BIN)/pytest
+
+# schemathesis against the OpenAPI document, on SQLite and PostgreSQL, with many more cases
+# than the suite runs, and its coverage phase (boundaries, undocumented methods) too.
+FUZZ_EXAMPLES ?= 200
+fuzz: $(VENV)/.installed-dev
+	TIDINGS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TIDINGS_FUZZ_COVERAGE=1 \
+	  $(BIN)/pytest -p no:cacheprovider --timeout 3600 tests/integration/test_openapi_fuzz.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench

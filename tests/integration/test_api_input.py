@@ -623,7 +623,7 @@ async def test_max_in_flight_and_rate_limit_out_of_range_are_a_422(world: World)
                 "POST",
                 ENDPOINTS,
                 422,
-                "rate_limit_per_s: Input should be greater than 0",
+                "rate_limit_per_s: Input should be greater than or equal to 0.001",
                 json={"url": GOOD_URL, "rate_limit_per_s": 0},
             ),
             Bad(

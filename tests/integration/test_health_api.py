@@ -267,8 +267,10 @@ OUT_OF_RANGE: list[tuple[dict[str, Any], str]] = [
     ({"breaker_window_s": 0}, "Input should be greater than 0"),
     ({"breaker_cool_down_s": -30}, "Input should be greater than 0"),
     ({"breaker_max_cool_down_s": 86401}, "Input should be less than or equal to 86400"),
-    ({"drain_rate_per_s": 0}, "Input should be greater than 0"),
-    ({"drain_rate_per_s": -1}, "Input should be greater than 0"),
+    ({"drain_rate_per_s": 0}, "Input should be greater than or equal to 0.001"),
+    ({"drain_rate_per_s": -1}, "Input should be greater than or equal to 0.001"),
+    # 1/rate overflowed on resume: a 500.
+    ({"drain_rate_per_s": 5e-324}, "Input should be greater than or equal to 0.001"),
     ({"drain_rate_per_s": 10_001}, "Input should be less than or equal to 10000"),
     ({"suspend": "never"}, "Input should be 'auto' or 'alert_only'"),
     ({"suspend": "AUTO"}, "Input should be 'auto' or 'alert_only'"),

@@ -161,6 +161,8 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The slowest rate: one a thousand seconds (a rate of 5e-324 was a 500: 1/rate overflows).
+MIN_RATE = 0.001
 Window = Annotated[float, Field(ge=60, le=MAX_WINDOW_S, description="Seconds.")]
 
 
@@ -172,7 +174,7 @@ def _whole(value: object) -> object:
     return value
 
 
-Count = Annotated[int, BeforeValidator(_whole), Field(ge=1, le=1_000_000)]
+Count = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_whole)]
 
 
 class AlarmPolicyPatch(_In):
@@ -199,7 +201,7 @@ class AlarmPolicyPatch(_In):
     )
     breaker_consecutive_failures: Count | None = None
     breaker_failure_ratio: float | None = Field(default=None, gt=0, le=1)
-    breaker_min_attempts: Annotated[int, BeforeValidator(_whole), Field(ge=1, le=100)] | None = None
+    breaker_min_attempts: Annotated[int, Field(ge=1, le=100), BeforeValidator(_whole)] | None = None
     breaker_window_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
     breaker_cool_down_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
     breaker_max_cool_down_s: float | None = Field(default=None, gt=0, le=MAX_WINDOW_S)
@@ -210,7 +212,10 @@ class AlarmPolicyPatch(_In):
         default=None, description="Resume a suspended endpoint once a health check passes."
     )
     drain_rate_per_s: float | None = Field(
-        default=None, gt=0, le=10_000, description="Held deliveries sent per second on resume."
+        default=None,
+        ge=MIN_RATE,
+        le=10_000,
+        description="Held deliveries sent per second on resume.",
     )
 
 
@@ -309,7 +314,7 @@ class EndpointIn(_In):
         default_factory=list, max_length=100, description="Empty: every event type."
     )
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
-    rate_limit_per_s: float | None = Field(default=None, gt=0, le=100_000)
+    rate_limit_per_s: float | None = Field(default=None, ge=MIN_RATE, le=100_000)
     retry_schedule: Schedule | None = Field(
         default=None, description="Seconds before each attempt; overrides the default schedule."
     )
@@ -323,7 +328,7 @@ class EndpointPatch(_In):
     description: str | None = Field(default=None, max_length=1000)
     event_types: list[EventType] | None = Field(default=None, max_length=100)
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
-    rate_limit_per_s: float | None = Field(default=None, gt=0, le=100_000)
+    rate_limit_per_s: float | None = Field(default=None, ge=MIN_RATE, le=100_000)
     retry_schedule: Schedule | None = None
     alarm_policy: AlarmPolicyPatch | None = Field(
         default=None,
