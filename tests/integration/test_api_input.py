@@ -839,3 +839,80 @@ async def test_a_payload_that_is_not_json_is_refused(world: World) -> None:
     assert response.status_code in (400, 422), response.text
     assert_problem(response, response.status_code, "payload")
     assert await world.snapshot() == before
+
+
+async def test_a_405_allows_every_method_the_document_lists(world: World) -> None:
+    """Starlette's 405 named only the first route of a path (GET, where PATCH and DELETE
+    have routes of their own)."""
+    document = (await world.client.get("/openapi.json")).json()
+    for method, path, template in [
+        ("PUT", f"/v1/endpoints/{world.endpoint['id']}", "/v1/endpoints/{endpoint_id}"),
+        ("POST", "/v1/templates/anything", "/v1/templates/{name}"),
+        ("DELETE", MESSAGES, MESSAGES),
+        ("PUT", f"/v1/tenants/{world.tenant_id}", "/v1/tenants/{tenant_id}"),
+    ]:
+        response = await world.client.request(method, path, headers=bearer(world.key))
+        assert_problem(response, 405, "method not allowed")
+        documented = {m.upper() for m in document["paths"][template]}
+        allowed = {m.strip() for m in response.headers["allow"].split(",")}
+        assert allowed - {"HEAD"} == documented, (path, response.headers["allow"])
+
+
+async def test_an_instant_given_as_a_number_is_a_422(world: World) -> None:
+    """pydantic reads a number as a Unix time; the document says date-time."""
+    fragment = "give a date and time with a time zone"
+    await refuse_all(
+        world,
+        [
+            Bad(
+                "GET",
+                "/v1/deliveries",
+                422,
+                f"query.since: Value error, {fragment}",
+                params={"since": "0.5"},
+            ),
+            Bad("GET", "/v1/deliveries", 422, "query.until", params={"until": "1700000000"}),
+            Bad("POST", REPLAY, 422, f"until: Value error, {fragment}", json={"until": 0}),
+            Bad("POST", REPLAY, 422, "since", json={"since": 1.5e9}),
+        ],
+    )
+
+
+async def test_every_error_an_operation_gives_is_declared_as_a_problem(world: World) -> None:
+    document = (await world.client.get("/openapi.json")).json()
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            declared = operation["responses"]
+            expected = {"401", "403", "422", "503"}
+            if "requestBody" in operation:
+                expected |= {"400", "413", "415"}
+            if "{" in path:
+                expected.add("404")
+            assert expected <= declared.keys(), (method, path, sorted(declared))
+            for status, response in declared.items():
+                if status.startswith(("4", "5")):
+                    content = response["content"]
+                    assert list(content) == ["application/problem+json"], (method, path, status)
+                    assert content["application/problem+json"]["schema"]["required"] == [
+                        "type",
+                        "title",
+                        "status",
+                        "detail",
+                    ]
+
+
+async def test_a_count_written_as_a_whole_float_is_that_count(world: World) -> None:
+    """JSON (and so the document) does not tell 5 from 5.0; the strict policy read 5.0 as
+    not an integer. Fractions, booleans and strings are still refused."""
+    path = f"/v1/endpoints/{world.endpoint['id']}"
+    response = await world.client.patch(
+        path, json={"alarm_policy": {"warning_failed_attempts": 5.0}}, headers=bearer(world.key)
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["alarm_policy_overrides"] == {"warning_failed_attempts": 5}
+    for value in (5.5, True, "5"):
+        body = {"alarm_policy": {"warning_failed_attempts": value}}
+        response = await world.client.patch(path, json=body, headers=bearer(world.key))
+        assert_problem(response, 422, "alarm_policy.warning_failed_attempts")
