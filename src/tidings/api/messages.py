@@ -31,13 +31,14 @@ from tidings.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySele
 router = APIRouter(tags=["messages"])
 
 _KEY_RULES: dict[str, Any] = {"minLength": 1, "maxLength": 200, "pattern": r"^[\x21-\x7e]+$"}
+# The same rules for pydantic (here, and FastAPI's Header on POST /v1/emails).
 IDEMPOTENCY_KEY_RULES: dict[str, Any] = {
     "min_length": 1,
     "max_length": 200,
     "pattern": _KEY_RULES["pattern"],
 }
 _IDEMPOTENCY_KEY: TypeAdapter[str] = TypeAdapter(
-    Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_KEY_RULES["pattern"])]
+    Annotated[str, StringConstraints(**IDEMPOTENCY_KEY_RULES)]
 )
 _MESSAGE_IN: TypeAdapter[MessageIn] = TypeAdapter(MessageIn)
 
