@@ -3,8 +3,8 @@
 - A NUL (U+0000) anywhere in a request (path, query, header, any JSON key or
   string, payloads too) is a 422 naming where it is. PostgreSQL text cannot
   hold one; SQLite can, and the two must answer alike.
-- An integer beyond 64 bits in a payload or personalisation is a 422 saying
-  why, never a 500.
+- A number beyond the 64-bit integer range (an integer, or a fraction as
+  large) in a payload or personalisation is a 422 saying why, never a 500.
 - A JSON object with a key twice: the last one wins, on every route, and what
   is stored (and signed and sent) holds it once.
 """
@@ -119,26 +119,34 @@ async def test_an_escaped_backslash_before_u0000_is_no_nul(
     assert json.loads(receiver.received[0].body)["data"] == payload
 
 
-BEYOND_64_BITS = [2**64, -(2**63) - 1, 82623138484004257792, 10**400]
+BEYOND_64_BITS = [
+    str(2**64),
+    str(-(2**63) - 1),
+    "82623138484004257792",
+    str(10**400),
+    "1e300",
+    "-1.0e20",
+    "18446744073709551616.5",
+]
 
 
 @pytest.mark.parametrize("number", BEYOND_64_BITS)
-async def test_an_integer_beyond_64_bits_is_a_422_saying_why(
-    world: dict[str, Any], number: int
+async def test_a_number_beyond_64_bits_is_a_422_saying_why(
+    world: dict[str, Any], number: str
 ) -> None:
     client: httpx.AsyncClient = world["client"]
-    raw = b'{"event_type": "x", "payload": {"n": [%d]}}' % number
-    bad = Bad("POST", "/v1/messages", 422, "payload: Value error, the integer at /n/0 is beyond 64")
+    raw = b'{"event_type": "x", "payload": {"n": [%s]}}' % number.encode()
+    bad = Bad("POST", "/v1/messages", 422, "payload: Value error, the number at /n/0 is beyond 64")
     response = await client.post(
         "/v1/messages",
         content=raw,
         headers={**bearer(world["key"]), "content-type": "application/json"},
     )
     assert_refused(response, bad)
-    email = {"to": "a@example.com", "template": "hello", "personalisation": {"n": number}}
+    email = b'{"to": "a@example.com", "template": "hello", "personalisation": {"n": %s}}'
     response = await client.post(
         "/v1/emails",
-        content=json.dumps(email).encode(),
+        content=email % number.encode(),
         headers={**bearer(world["key"]), "content-type": "application/json"},
     )
     assert_refused(response, Bad("POST", "/v1/emails", 422, "personalisation.n: Value error"))
@@ -148,7 +156,7 @@ async def test_an_integer_beyond_64_bits_is_a_422_saying_why(
 async def test_the_64_bit_bounds_themselves_are_kept_exactly(
     world: dict[str, Any], receiver: Receiver
 ) -> None:
-    payload = {"bounds": [-(2**63), 2**64 - 1, 2**53 + 1]}
+    payload = {"bounds": [-(2**63), 2**64 - 1, 2**53 + 1, 1.5e19, -9.2e18, 0.1]}
     sent = await send(world["client"], world["key"], payload=payload)
     assert (await message_of(world["client"], world["key"], sent["id"]))["payload"] == payload
     await settled(world["client"], world["key"], sent["id"], "succeeded")

@@ -33,17 +33,24 @@ NO_NUL = "^[^\\u0000]*$"
 
 
 def declare(document: dict[str, Any]) -> None:
-    """Say in the OpenAPI document that no string holds a NUL: every string schema gets
-    the pattern ``NO_NUL`` (beside its own, if it has one)."""
+    """Say in the OpenAPI document that no string holds a NUL: every string schema, and
+    the names of every object's properties, get the pattern ``NO_NUL`` (beside their own,
+    if they have one)."""
+    if document.get("type") == "object":
+        _no_nul(document.setdefault("propertyNames", {}))
     if document.get("type") == "string":
-        if "pattern" not in document:
-            document["pattern"] = NO_NUL
-        elif NO_NUL not in (rule.get("pattern") for rule in document.get("allOf", ())):
-            document.setdefault("allOf", []).append({"pattern": NO_NUL})
+        _no_nul(document)
     for value in document.values():
         for item in value if isinstance(value, list) else (value,):
             if isinstance(item, dict):
                 declare(item)
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    if "pattern" not in schema:
+        schema["pattern"] = NO_NUL
+    elif NO_NUL not in (rule.get("pattern") for rule in schema.get("allOf", ())):
+        schema.setdefault("allOf", []).append({"pattern": NO_NUL})
 
 
 class NulGuard:

@@ -102,8 +102,10 @@ INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson writes, and receivers read
 
 def _numbers(value: JsonValue) -> JsonValue:
     """Refuse the numbers tidings could not send on as written: NaN and Infinity (not
-    JSON numbers) and integers beyond 64 bits (which the envelope's serialiser refuses and
-    most receivers would read as a rounded float). Both say where the number is."""
+    JSON numbers), and numbers beyond the 64-bit integer range, which the envelope's
+    serialiser refuses (integers) and most receivers would read rounded. One range for
+    integers and fractions alike, so the OpenAPI document can say it exactly. The error
+    says where the number is."""
     where = _bad_number(value, "")
     if where is not None:
         raise ValueError(where)
@@ -113,11 +115,13 @@ def _numbers(value: JsonValue) -> JsonValue:
 def _bad_number(value: JsonValue, path: str) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"NaN and Infinity are not JSON numbers (at {path or '/'})"
-    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
-        return (
-            f"the integer at {path or '/'} is beyond 64 bits (from {INT_MIN} to {INT_MAX}); "
-            "send a number that large as a string"
-        )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not INT_MIN <= value <= INT_MAX:
+            return (
+                f"the number at {path or '/'} is beyond 64 bits (from {INT_MIN} to {INT_MAX}); "
+                "send a number that large as a string"
+            )
+        return None
     items = (
         value.items()
         if isinstance(value, dict)
