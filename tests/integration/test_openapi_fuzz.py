@@ -36,7 +36,7 @@ from pydantic import SecretStr
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 
-from support import ADMIN_TOKEN, admin, bearer, free_port, migrate, postgres_server
+from support import ADMIN_TOKEN, ENCRYPTION_KEY, admin, bearer, free_port, migrate, postgres_server
 from tidings.api.app import create_api, openapi_document
 from tidings.app import Tidings
 from tidings.config import Settings
@@ -145,6 +145,7 @@ def _settings(database_url: str, port: int) -> Settings:
             "database_url": database_url,
             "port": port,
             "admin_token": SecretStr(ADMIN_TOKEN),
+            "encryption_key": SecretStr(ENCRYPTION_KEY),
             "allow_networks": (ipaddress.ip_network("127.0.0.0/8"),),
             "log_level": "error",
             "senders": 0,
