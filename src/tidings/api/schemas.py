@@ -106,33 +106,34 @@ def _numbers(value: JsonValue) -> JsonValue:
     serialiser refuses (integers) and most receivers would read rounded. One range for
     integers and fractions alike, so the OpenAPI document can say it exactly. The error
     says where the number is."""
-    where = _bad_number(value, "")
-    if where is not None:
-        raise ValueError(where)
+    found = _bad_number(value)
+    if found is not None:
+        where, what = found
+        where = where or "/"
+        if what == "nan":
+            raise ValueError(f"NaN and Infinity are not JSON numbers (at {where})")
+        raise ValueError(
+            f"the number at {where} is beyond 64 bits (from {INT_MIN} to {INT_MAX}); "
+            "send a number that large as a string"
+        )
     return value
 
 
-def _bad_number(value: JsonValue, path: str) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"NaN and Infinity are not JSON numbers (at {path or '/'})"
+def _bad_number(value: JsonValue) -> tuple[str, str] | None:
+    """Where the first bad number is, and what is wrong (``nan`` or ``range``). The path
+    is built only on the way back from a bad number: ingest walks every payload."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not INT_MIN <= value <= INT_MAX:
-            return (
-                f"the number at {path or '/'} is beyond 64 bits (from {INT_MIN} to {INT_MAX}); "
-                "send a number that large as a string"
-            )
-        return None
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, item in items:
-        found = _bad_number(item, f"{path}/{key}")
-        if found is not None:
-            return found
+        if isinstance(value, float) and not math.isfinite(value):
+            return "", "nan"
+        return None if INT_MIN <= value <= INT_MAX else ("", "range")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(item, str) and (found := _bad_number(item)) is not None:
+                return f"/{key}{found[0]}", found[1]
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, str) and (found := _bad_number(item)) is not None:
+                return f"/{index}{found[0]}", found[1]
     return None
 
 
