@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +32,11 @@ from aiosmtpd.smtp import Envelope, Session
 from standardwebhooks import Webhook
 
 from tidings import ids
+from tidings.api.app import create_api
+from tidings.app import Role, Tidings
 from tidings.channels.signing import new_secret
+from tidings.clock import Clock
+from tidings.config import Settings
 from tidings.crypto import Keyring
 from tidings.models import Endpoint, EndpointState
 from tidings.store import open_store
@@ -225,6 +229,21 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def served(
+    settings: Settings, clock: Clock | None = None, role: Role = "all"
+) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
+    """A started tidings and a client of its API, both stopped at the end."""
+    app = Tidings(settings, clock=clock, role=role)
+    await app.start()
+    try:
+        transport = httpx.ASGITransport(app=create_api(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield app, client
+    finally:
+        await app.stop()
 
 
 def admin() -> dict[str, str]:

@@ -9,9 +9,17 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from support import BOTH_BACKENDS, admin, assert_problem, bearer, new_tenant, send, wait_for
-from tidings.api.app import create_api
-from tidings.app import Tidings, sha256
+from support import (
+    BOTH_BACKENDS,
+    admin,
+    assert_problem,
+    bearer,
+    new_tenant,
+    send,
+    served,
+    wait_for,
+)
+from tidings.app import sha256
 from tidings.clock import FakeClock
 from tidings.config import Settings
 
@@ -150,14 +158,8 @@ async def clocked(
     make_settings: Callable[..., Settings],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeClock]]:
     clock = FakeClock()
-    app = Tidings(make_settings(), clock=clock)
-    await app.start()
-    try:
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client, clock
-    finally:
-        await app.stop()
+    async with served(make_settings(), clock) as (_, client):
+        yield client, clock
 
 
 @BOTH_BACKENDS
@@ -190,17 +192,7 @@ async def test_a_key_revoked_on_one_process_is_refused_by_another_within_a_secon
     """Two API processes on one database: the other one had the key cached as valid
     for 30 s; the revocation's notification makes it forget."""
     async with contextlib.AsyncExitStack() as stack:
-        clients = []
-        for _ in range(2):
-            app = Tidings(make_settings(), role="api")
-            await app.start()
-            stack.push_async_callback(app.stop)
-            transport = httpx.ASGITransport(app=create_api(app))
-            clients.append(
-                await stack.enter_async_context(
-                    httpx.AsyncClient(transport=transport, base_url="http://t")
-                )
-            )
+        clients = [(await stack.enter_async_context(served(make_settings())))[1] for _ in range(2)]
         one, other = clients
         tenant_id, key = await new_tenant(one)
         await send(other, key)  # cached as valid by the other process

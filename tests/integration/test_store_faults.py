@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,7 @@ from support import (
     new_endpoint,
     new_tenant,
     postgres_server,
+    served,
     wait_for,
 )
 from tidings.api.app import create_api
@@ -85,25 +86,13 @@ async def _post(client: httpx.AsyncClient, key: str, size: int = 10) -> httpx.Re
     )
 
 
-@contextlib.asynccontextmanager
-async def _served(settings: Settings) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
-    app = Tidings(settings)
-    await app.start()
-    try:
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield app, client
-    finally:
-        await app.stop()
-
-
 # readiness ---------------------------------------------------------------------------------
 
 
 async def test_readyz_is_not_ready_while_postgres_disk_is_full(
     postgres_url: str, make_settings: type[Settings]
 ) -> None:
-    async with _served(make_settings(database_url=postgres_url)) as (_, client):
+    async with served(make_settings(database_url=postgres_url)) as (_, client):
         _, key = await new_tenant(client)
         assert (await client.get("/readyz")).status_code == 200
         try:
@@ -165,7 +154,7 @@ async def test_readyz_is_not_ready_while_the_sqlite_disk_is_full(
 ) -> None:
     """And the delivery engine rides it out: its writes fail for a while, then work."""
     settings = make_settings(database_url=f"sqlite:///{tiny_disk / 'tidings.db'}")
-    async with _served(settings) as (app, client):
+    async with served(settings) as (app, client):
         _, key = await new_tenant(client)
         await new_endpoint(client, key, receiver.url)
         assert (await client.get("/readyz")).status_code == 200
