@@ -302,14 +302,8 @@ class ApiKeyInfo(BaseModel):
 
     @classmethod
     def of(cls, key: ApiKey) -> ApiKeyInfo:
-        return cls(
-            id=key.id,
-            tenant_id=key.tenant_id,
-            prefix=key.prefix,
-            created_at=key.created_at,
-            last_used_at=key.last_used_at,
-            revoked_at=key.revoked_at,
-        )
+        """The listed fields, read off the record (its hash is not one of them)."""
+        return cls.model_validate(key, from_attributes=True)
 
 
 class EndpointIn(_In):
