@@ -38,7 +38,7 @@ from tidings.channels.signing import new_secret
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.crypto import Keyring
-from tidings.models import Endpoint, EndpointState
+from tidings.domain.models import Endpoint, EndpointState
 from tidings.store import open_store
 
 ADMIN_TOKEN = "admin-test-token"

@@ -28,21 +28,21 @@ from typing import Literal
 import structlog
 
 from tidings.channels.email import SmtpChannel, parse_smtp_url
+from tidings.channels.lookup import Lookups
 from tidings.channels.senders import SenderConfig, SenderPool
 from tidings.channels.ssrf import SsrfGuard
 from tidings.channels.webhook import Channel, WebhookChannel
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.crypto import Keyring, key_file
-from tidings.delivery.batcher import Batcher
-from tidings.delivery.dispatcher import Dispatcher
-from tidings.delivery.health import HealthMonitor
-from tidings.email.lookup import Lookups
+from tidings.domain.models import Accepted, NewMessage
 from tidings.email.sending import EmailSender
+from tidings.engine.batcher import Batcher
+from tidings.engine.dispatcher import Dispatcher
+from tidings.engine.health import HealthMonitor
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
-from tidings.models import Accepted, NewMessage
 from tidings.store import Store, open_store
 from tidings.store.sql import ENDPOINTS, KEYS, SCHEDULE
 

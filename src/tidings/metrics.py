@@ -13,9 +13,10 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tidings.delivery.policy import Decision, Outcome, Verdict
-from tidings.email.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult
-from tidings.models import DeliveryState
+from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult
+from tidings.domain.models import DeliveryState
+from tidings.domain.outcome import Outcome
+from tidings.domain.retry import Decision, Verdict
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
 DEAD_REASONS = ("exhausted", "expired", "gone", "blocked", "rejected", "disabled", "deleted")

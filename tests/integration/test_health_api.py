@@ -38,7 +38,7 @@ from support import (
     wait_for,
 )
 from tidings import ids
-from tidings.delivery.alarms import AlarmPolicy
+from tidings.domain.alarms import AlarmPolicy
 
 MISSING_EP = ids.new_id(ids.ENDPOINT)
 MISSING_TNT = ids.new_id(ids.TENANT)

@@ -40,7 +40,7 @@ from support import ADMIN_TOKEN, ENCRYPTION_KEY, admin, bearer, free_port, migra
 from tidings.api.app import create_api, openapi_document
 from tidings.app import Tidings
 from tidings.config import Settings
-from tidings.delivery.alarms import MAX_WINDOW_S
+from tidings.domain.alarms import MAX_WINDOW_S
 
 EXAMPLES = int(os.environ.get("TIDINGS_FUZZ_EXAMPLES", "6"))
 # The coverage phase (every boundary and every undocumented method, a few hundred cases

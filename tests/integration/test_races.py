@@ -19,7 +19,7 @@ from support import BOTH_BACKENDS, bearer, new_tenant
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings
-from tidings.models import EndpointKind
+from tidings.domain.models import EndpointKind
 
 pytestmark = BOTH_BACKENDS
 

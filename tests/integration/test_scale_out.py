@@ -20,7 +20,7 @@ from support import Receiver, bearer, new_endpoint, new_tenant, send, wait_for
 from tidings.api.app import create_api
 from tidings.app import Role, Tidings
 from tidings.config import Settings
-from tidings.delivery.dispatcher import IDLE_WAKEUP_S
+from tidings.engine.dispatcher import IDLE_WAKEUP_S
 from tidings.store import open_store
 
 Start = Callable[[Role], Any]

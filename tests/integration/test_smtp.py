@@ -29,7 +29,7 @@ from tidings.channels.email import (
     message_id,
     parse_smtp_url,
 )
-from tidings.delivery.policy import Verdict, decide
+from tidings.domain.retry import Verdict, decide
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DOMAIN = "mail.tidings.test"

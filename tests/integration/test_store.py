@@ -12,8 +12,7 @@ import pytest
 
 from support import KEYRING, an_endpoint
 from tidings import ids
-from tidings.exceptions import Conflict, StoreError, StoreUnavailable
-from tidings.models import (
+from tidings.domain.models import (
     Accepted,
     Attempt,
     AttemptResult,
@@ -26,6 +25,7 @@ from tidings.models import (
     ReplaySelector,
     Tenant,
 )
+from tidings.exceptions import Conflict, StoreError, StoreUnavailable
 from tidings.store import Store, open_store
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

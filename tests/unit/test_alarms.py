@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.delivery.alarms import (
+from tidings.domain.alarms import (
     DEFAULT,
     AlarmPolicy,
     Assessment,
@@ -21,7 +21,7 @@ from tidings.delivery.alarms import (
     policy_in_force,
     policy_of,
 )
-from tidings.delivery.circuit import BreakerPolicy
+from tidings.domain.circuit import BreakerPolicy
 
 # Defaults: warning at 5 failures in 15 min; critical at 10 dead in 30 min, or no
 # success for 30 min with at least 10 failures since.

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from tidings.delivery.batcher import Batcher
+from tidings.engine.batcher import Batcher
 
 
 async def test_callers_waiting_together_share_one_flush() -> None:

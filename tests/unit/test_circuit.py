@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.clock import FakeClock
-from tidings.delivery.circuit import Breaker, BreakerPolicy, CircuitState
+from tidings.domain.circuit import Breaker, BreakerPolicy, CircuitState
 
 POLICY = BreakerPolicy()
 CONSECUTIVE_ONLY = BreakerPolicy(failure_ratio=None)

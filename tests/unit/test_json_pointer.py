@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.email.lookup import parse_pointer, resolve_pointer
+from tidings.channels.lookup import parse_pointer, resolve_pointer
 
 # The example document of RFC 6901, section 5.
 RFC_DOCUMENT: dict[str, Any] = {

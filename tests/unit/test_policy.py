@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.clock import FakeClock
-from tidings.delivery.policy import (
+from tidings.domain.outcome import Outcome
+from tidings.domain.retry import (
     DEFAULT_SCHEDULE,
     JITTER,
     Decision,
-    Outcome,
     Verdict,
     decide,
     is_expired,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.delivery.ratelimit import TokenBucket
+from tidings.domain.ratelimit import TokenBucket
 
 
 def test_a_full_bucket_allows_a_burst_of_the_rate_then_waits() -> None:

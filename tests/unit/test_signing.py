@@ -7,7 +7,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from support import an_endpoint
 from tidings.channels.signing import new_secret, signature_headers
-from tidings.models import Endpoint
+from tidings.domain.models import Endpoint
 
 
 def _now() -> datetime:

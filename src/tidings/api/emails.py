@@ -14,9 +14,9 @@ from tidings.api import problems
 from tidings.api.auth import App, TenantId
 from tidings.api.messages import IDEMPOTENCY_KEY_RULES, idempotency_key
 from tidings.api.schemas import AttemptOut, Email, PageOut, PortableJson, _In
+from tidings.domain.models import DeliveryState, EmailDetail, EmailRequest, NewMessage, SinkEmail
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput, MissingField, NotFound
-from tidings.models import DeliveryState, EmailDetail, EmailRequest, NewMessage, SinkEmail
 
 router = APIRouter(tags=["email"])
 

@@ -21,9 +21,9 @@ from tidings.api.schemas import (
 )
 from tidings.app import Tidings
 from tidings.channels.signing import new_secret
-from tidings.delivery.alarms import merged_overrides, policy_of
+from tidings.domain.alarms import merged_overrides, policy_of
+from tidings.domain.models import Endpoint, EndpointState
 from tidings.exceptions import InvalidInput, NotFound
-from tidings.models import Endpoint, EndpointState
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 

@@ -25,8 +25,8 @@ from tidings.api.schemas import (
     ReplayIn,
     ReplayOut,
 )
+from tidings.domain.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySelector
 from tidings.exceptions import InvalidInput, NotFound
-from tidings.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySelector
 
 router = APIRouter(tags=["messages"])
 

@@ -19,10 +19,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from tidings.delivery.alarms import MAX_WINDOW_S, AlarmPolicy
-from tidings.delivery.circuit import Breaker, CircuitState
-from tidings.delivery.policy import MAX_SCHEDULE_DELAY, MAX_SCHEDULE_LENGTH, validate_schedule
-from tidings.models import (
+from tidings.domain.alarms import MAX_WINDOW_S, AlarmPolicy
+from tidings.domain.circuit import Breaker, CircuitState
+from tidings.domain.models import (
     ApiKey,
     Attempt,
     Delivery,
@@ -33,6 +32,7 @@ from tidings.models import (
     Suspension,
     Tenant,
 )
+from tidings.domain.retry import MAX_SCHEDULE_DELAY, MAX_SCHEDULE_LENGTH, validate_schedule
 
 T = TypeVar("T")
 

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.api import problems
 from tidings.api.auth import App, TenantId
 from tidings.api.schemas import PageOut
+from tidings.domain.models import StoredTemplate
 from tidings.email import templates
 from tidings.email.stored import template_from
 from tidings.exceptions import Conflict, InvalidEndpointUrl, InvalidTemplate, NotFound
-from tidings.models import StoredTemplate
 
 router = APIRouter(prefix="/v1/templates", tags=["email"])
 

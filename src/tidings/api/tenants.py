@@ -19,9 +19,9 @@ from tidings.api.schemas import (
     TenantPatch,
 )
 from tidings.app import sha256
-from tidings.delivery.alarms import merged_overrides, policy_of
+from tidings.domain.alarms import merged_overrides, policy_of
+from tidings.domain.models import ApiKey, Tenant
 from tidings.exceptions import InvalidInput, NotFound
-from tidings.models import ApiKey, Tenant
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], dependencies=[Admin])
 

@@ -9,7 +9,7 @@ stale idle connection is not the receiver's fault.
 
 Like the webhook channel, :meth:`SmtpChannel.send` never raises for anything the
 server or the network did; every result is an
-:class:`~tidings.delivery.policy.Outcome` for the policy to judge:
+:class:`~tidings.domain.outcome.Outcome` for the policy to judge:
 
 ====================================  ==============================================
 what happened                         outcome
@@ -60,7 +60,7 @@ from aiosmtplib import (
 )
 
 from tidings.channels.webhook import EXCERPT_BYTES, Sent
-from tidings.delivery.policy import Outcome
+from tidings.domain.outcome import Outcome
 
 __all__ = [
     "OutgoingEmail",

@@ -40,7 +40,7 @@ import structlog
 
 from tidings.channels.ssrf import SsrfGuard
 from tidings.channels.webhook import Sent, WebhookChannel, WebhookRequest
-from tidings.delivery.policy import Outcome
+from tidings.domain.outcome import Outcome
 
 log = structlog.get_logger(__name__)
 

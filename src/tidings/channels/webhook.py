@@ -3,7 +3,7 @@
 The session's connector resolves every host through the SSRF guard and
 connects to the address it checked. Redirects are never followed (a 3xx is a
 failed attempt), the response body is read only up to a short excerpt, and
-every failure is reported as an :class:`~tidings.delivery.policy.Outcome`
+every failure is reported as an :class:`~tidings.domain.outcome.Outcome`
 rather than raised: the policy decides what it means.
 """
 
@@ -23,9 +23,9 @@ from yarl import URL
 from tidings import __version__
 from tidings.channels.signing import signature_headers
 from tidings.channels.ssrf import GuardedResolver, SsrfGuard
-from tidings.delivery.policy import Outcome
+from tidings.domain.models import Claimed, Endpoint
+from tidings.domain.outcome import Outcome
 from tidings.exceptions import AddressBlocked
-from tidings.models import Claimed, Endpoint
 
 EXCERPT_BYTES = 1024
 _HEADERS = {"user-agent": f"tidings/{__version__}", "content-type": "application/json"}

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from tidings import ids
+from tidings.domain.models import EmailRequest, Endpoint, NewMessage, Notice, Tenant
 from tidings.email.templates import Content, Template
-from tidings.models import EmailRequest, Endpoint, NewMessage, Notice, Tenant
 
 NOTICE_TEMPLATE = "tidings:notice"
 BUILTIN_TEMPLATES = {

@@ -24,16 +24,16 @@ from typing import Any
 import orjson
 
 from tidings.channels.email import OutgoingEmail, SmtpChannel, message_id
+from tidings.channels.lookup import LookupOutcome, Lookups
 from tidings.channels.webhook import Sent
-from tidings.delivery.policy import Outcome
+from tidings.domain.models import Claimed, Endpoint, SinkEmail
+from tidings.domain.outcome import Outcome
 from tidings.email import templates
-from tidings.email.lookup import LookupOutcome, Lookups
 from tidings.email.notices import BUILTIN_TEMPLATES
 from tidings.email.renderer import Renderer
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput
 from tidings.metrics import Metrics
-from tidings.models import Claimed, Endpoint, SinkEmail
 from tidings.store.base import Store
 
 SINK_REPLY = "250 2.0.0 kept by the tidings mail sink"

@@ -10,7 +10,7 @@ import orjson
 from tidings.email.templates import Content, Lookup, Template, Variant
 
 if TYPE_CHECKING:  # the render process needs template_from, not the models
-    from tidings.models import StoredTemplate
+    from tidings.domain.models import StoredTemplate
 
 
 def template_from(definition: Mapping[str, Any]) -> Template:

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tidings.crypto import Keyring
-from tidings.delivery.alarms import Minute
-from tidings.delivery.circuit import Breaker
-from tidings.exceptions import Conflict
-from tidings.models import (
+from tidings.domain.alarms import Minute
+from tidings.domain.circuit import Breaker
+from tidings.domain.models import (
     Accepted,
     ApiKey,
     AttemptResult,
@@ -40,6 +39,7 @@ from tidings.models import (
     Suspension,
     Tenant,
 )
+from tidings.exceptions import Conflict
 
 
 class Store(ABC):

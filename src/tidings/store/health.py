@@ -17,10 +17,9 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from tidings import ids
-from tidings.delivery.alarms import Minute
-from tidings.delivery.circuit import Breaker, CircuitState
-from tidings.exceptions import Conflict
-from tidings.models import (
+from tidings.domain.alarms import Minute
+from tidings.domain.circuit import Breaker, CircuitState
+from tidings.domain.models import (
     AttemptResult,
     DeliveryState,
     EndpointHealth,
@@ -28,6 +27,7 @@ from tidings.models import (
     EndpointState,
     Suspension,
 )
+from tidings.exceptions import Conflict
 from tidings.store.schema import (
     attempts,
     breakers,

@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from tidings.models import AttemptResult, DeliveryState, EndpointState
+from tidings.domain.models import AttemptResult, DeliveryState, EndpointState
 from tidings.store.health import breaker_row, minute_rows
 from tidings.store.schema import to_micros
 

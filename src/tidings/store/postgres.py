@@ -48,9 +48,9 @@ import structlog
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection
 
-from tidings.delivery.ratelimit import TokenBucket
+from tidings.domain.models import AttemptResult, Claimed, Claims, DeliveryState
+from tidings.domain.ratelimit import TokenBucket
 from tidings.exceptions import StoreError, StoreUnavailable
-from tidings.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.store.hot import apply_results
 from tidings.store.schema import from_micros, to_micros
 from tidings.store.sql import EVERY_NEWS, SqlStore, Turn

@@ -25,8 +25,8 @@ from sqlalchemy import and_, delete, func, insert, or_, select, union, update
 from sqlalchemy.engine import Connection
 
 from tidings.crypto import KEY_ID_CHARS, PREFIX, Keyring
+from tidings.domain.models import Endpoint
 from tidings.exceptions import EncryptionKeyError
-from tidings.models import Endpoint
 from tidings.store.schema import endpoints, settings
 
 CANARY = "encryption_canary"

@@ -42,10 +42,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tidings import ids
 from tidings.crypto import Keyring
-from tidings.delivery.alarms import Minute
-from tidings.delivery.circuit import Breaker, CircuitState
-from tidings.exceptions import Conflict, EncryptionKeyError, StoreError, StoreUnavailable
-from tidings.models import (
+from tidings.domain.alarms import Minute
+from tidings.domain.circuit import Breaker, CircuitState
+from tidings.domain.models import (
     REPLAYABLE_STATES,
     Accepted,
     ApiKey,
@@ -73,6 +72,7 @@ from tidings.models import (
     Suspension,
     Tenant,
 )
+from tidings.exceptions import Conflict, EncryptionKeyError, StoreError, StoreUnavailable
 from tidings.store import health, sealing
 from tidings.store.base import Store
 from tidings.store.hot import DISABLED, Cursor, apply_results

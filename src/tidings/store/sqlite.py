@@ -38,8 +38,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
 
+from tidings.domain.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.exceptions import StoreError, StoreUnavailable
-from tidings.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.store.hot import apply_results
 from tidings.store.schema import from_micros, to_micros
 from tidings.store.sql import SqlStore

@@ -1,7 +1,7 @@
 """The health monitor: alarms, owner notices, suspension and resumption.
 
 Every ``TIDINGS_HEALTH_INTERVAL`` it reads each webhook endpoint's per-minute
-results from the store and asks :func:`~tidings.delivery.alarms.assess` what
+results from the store and asks :func:`~tidings.domain.alarms.assess` what
 they mean under the endpoint's policy:
 
 * a **warning** sends the owner a notice (and publishes ``endpoint.warning``),
@@ -35,12 +35,12 @@ from tidings import ids
 from tidings.channels.webhook import Channel, WebhookRequest
 from tidings.clock import Clock
 from tidings.config import Settings
-from tidings.delivery.alarms import DEFAULT, MAX_WINDOW_S, Assessment, assess
-from tidings.delivery.dispatcher import Dispatcher
+from tidings.domain.alarms import DEFAULT, MAX_WINDOW_S, Assessment, assess
+from tidings.domain.models import Endpoint, EndpointKind, Suspension
 from tidings.email.notices import LAST_ERRORS, Facts, notice
+from tidings.engine.dispatcher import Dispatcher
 from tidings.exceptions import Conflict, NotFound
 from tidings.metrics import Metrics
-from tidings.models import Endpoint, EndpointKind, Suspension
 from tidings.store.base import Store
 
 log = structlog.get_logger(__name__)

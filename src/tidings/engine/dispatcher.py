@@ -36,16 +36,9 @@ import structlog
 from tidings.channels.webhook import Channel, Sent, WebhookRequest
 from tidings.clock import Clock
 from tidings.config import Settings
-from tidings.delivery.alarms import DEFAULT as DEFAULT_POLICY
-from tidings.delivery.batcher import Batcher
-from tidings.delivery.circuit import Breaker, BreakerPolicy, CircuitState
-from tidings.delivery.policy import DEFAULT_SCHEDULE, Decision, Outcome, Verdict, decide
-from tidings.delivery.ratelimit import TokenBucket
-from tidings.email.notices import BUILTIN_TEMPLATES
-from tidings.email.sending import Choice, EmailSender
-from tidings.ids import ATTEMPT, new_id
-from tidings.metrics import Metrics
-from tidings.models import (
+from tidings.domain.alarms import DEFAULT as DEFAULT_POLICY
+from tidings.domain.circuit import Breaker, BreakerPolicy, CircuitState
+from tidings.domain.models import (
     Attempt,
     AttemptResult,
     Claimed,
@@ -55,6 +48,14 @@ from tidings.models import (
     EndpointKind,
     NewMessage,
 )
+from tidings.domain.outcome import Outcome
+from tidings.domain.ratelimit import TokenBucket
+from tidings.domain.retry import DEFAULT_SCHEDULE, Decision, Verdict, decide
+from tidings.email.notices import BUILTIN_TEMPLATES
+from tidings.email.sending import Choice, EmailSender
+from tidings.engine.batcher import Batcher
+from tidings.ids import ATTEMPT, new_id
+from tidings.metrics import Metrics
 from tidings.store.base import Store
 
 log = structlog.get_logger(__name__)

@@ -3,7 +3,7 @@
 Everything here is pure. The store counts every endpoint's attempts per minute
 (:class:`Minute`); :func:`assess` reads the minutes of the windows an
 :class:`AlarmPolicy` names and says which alarms are raised at ``now``. The
-health monitor (:mod:`tidings.delivery.health`) acts on the verdict.
+health monitor (:mod:`tidings.engine.health`) acts on the verdict.
 
 Counts are sums of attempts and deliveries over a window, never averages of
 ratios. A window covers every minute that overlaps it, so it may count up to
@@ -22,6 +22,7 @@ settings and then by the endpoint's (:func:`policy_of`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -29,9 +30,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any, Literal
 
-import orjson
-
-from tidings.delivery.circuit import BreakerPolicy
+from tidings.domain.circuit import BreakerPolicy
 
 __all__ = ["AlarmPolicy", "Assessment", "Minute", "assess", "policy_of"]
 
@@ -176,7 +175,7 @@ def policy_in_force(tenant_overrides: str | None, endpoint_overrides: str | None
 def _fields_of(overrides: str | None) -> dict[str, Any]:
     if not overrides:
         return {}
-    data = orjson.loads(overrides)
+    data = json.loads(overrides)
     # A field a newer version stored and this one does not know is skipped.
     return {k: v for k, v in data.items() if k in FIELDS}
 
@@ -184,13 +183,13 @@ def _fields_of(overrides: str | None) -> dict[str, Any]:
 def merged_overrides(current: str | None, changes: Mapping[str, Any]) -> str | None:
     """Stored overrides after a PATCH: a value sets a field, None removes it. Fields this
     version does not know (a newer one stored them) are kept."""
-    data: dict[str, Any] = orjson.loads(current) if current else {}
+    data: dict[str, Any] = json.loads(current) if current else {}
     for name, value in changes.items():
         if value is None:
             data.pop(name, None)
         else:
             data[name] = value
-    return orjson.dumps(data).decode() if data else None
+    return json.dumps(data, separators=(",", ":")) if data else None
 
 
 # the verdict ---------------------------------------------------------------------------

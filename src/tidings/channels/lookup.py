@@ -9,7 +9,7 @@ logged.
 
 The rules, in the order :meth:`Lookups.fetch` applies them:
 
-* One :class:`~tidings.delivery.circuit.Breaker` per key (tenant + template):
+* One :class:`~tidings.domain.circuit.Breaker` per key (tenant + template):
   while it refuses, no request is made (``breaker_open``). Found and not-found
   answers count as successes, every other error as a failure.
 * ``select`` must be a JSON Pointer (RFC 6901), else ``missing_field``.
@@ -44,7 +44,7 @@ from yarl import URL
 from tidings import __version__
 from tidings.channels.ssrf import GuardedResolver, SsrfGuard
 from tidings.clock import Clock
-from tidings.delivery.circuit import Breaker, BreakerPolicy
+from tidings.domain.circuit import Breaker, BreakerPolicy
 from tidings.exceptions import AddressBlocked
 
 __all__ = [

@@ -8,8 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from tidings.delivery.alarms import AlarmPolicy, policy_in_force
-from tidings.delivery.circuit import Breaker
+from tidings.domain.alarms import AlarmPolicy, policy_in_force
+from tidings.domain.circuit import Breaker
 
 T = TypeVar("T")
 

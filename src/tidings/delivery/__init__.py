@@ -1,1 +1,0 @@
-"""The delivery engine: what to claim (dispatcher), what an outcome means (policy)."""

@@ -1,0 +1,1 @@
+"""The delivery engine: claims due deliveries, runs attempts, acts on health."""
