@@ -35,7 +35,7 @@ from aiosmtpd.smtp import Envelope, Session
 from test_crash import LEASE_S, Server, api, first_and_repeats, poster
 
 from support import bearer, free_port, leaves_nothing_open, new_tenant, wait_for
-from tidings.store.sql import EMAIL_LANE_MAX_IN_FLIGHT
+from tidings.domain.fanout import EMAIL_LANE_MAX_IN_FLIGHT
 
 pytestmark = pytest.mark.slow
 

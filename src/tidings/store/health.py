@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from tidings import ids
+from tidings.domain import fanout
 from tidings.domain.alarms import Minute
 from tidings.domain.circuit import Breaker, CircuitState
 from tidings.domain.models import (
@@ -251,8 +252,7 @@ def resume(
         .where(_d.c.endpoint_id == endpoint_id, _d.c.state == DeliveryState.HELD)
         .order_by(_d.c.created_at, _d.c.id)
     ).scalars()
-    step = timedelta(seconds=1 / drain_rate_per_s)
-    drained = _drain(conn, held, now, step)
+    drained = _drain(conn, held, now, drain_rate_per_s)
     conn.execute(delete(endpoint_minutes).where(endpoint_minutes.c.endpoint_id == endpoint_id))
     conn.execute(delete(breakers).where(breakers.c.endpoint_id == endpoint_id))
     conn.execute(
@@ -262,8 +262,9 @@ def resume(
     return ended, drained
 
 
-def _drain(conn: Connection, held: Iterable[str], now: datetime, step: timedelta) -> int:
-    rows = [{"b_id": d, "b_due": now + i * step, "b_now": now} for i, d in enumerate(held)]
+def _drain(conn: Connection, held: Iterable[str], now: datetime, rate_per_s: float) -> int:
+    schedule = fanout.drain_schedule(held, now, rate_per_s)
+    rows = [{"b_id": d, "b_due": due, "b_now": now} for d, due in schedule]
     if rows:
         conn.execute(_DRAIN, rows)
     return len(rows)

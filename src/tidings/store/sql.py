@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tidings import ids
 from tidings.crypto import Keyring
+from tidings.domain import fanout
 from tidings.domain.alarms import Minute
 from tidings.domain.circuit import Breaker, CircuitState
 from tidings.domain.models import (
@@ -96,7 +97,6 @@ _d = deliveries
 T = TypeVar("T")
 _DELIVERY_COLUMNS = [c for c in _d.c if c.name not in ("lease_expires_at", "retry_base")]
 DELETED = "deleted: the endpoint was deleted"
-EMAIL_LANE_MAX_IN_FLIGHT = 10  # emails of one tenant in flight at once
 PING_TIMEOUT_S = 2.0
 # While writes fail, readiness tries one of its own at most this often (a probe must not
 # become a load on the writer).
@@ -744,11 +744,8 @@ class SqlStore(Store):
             endpoint = _get_endpoint(conn, tenant_id, endpoint_id)
             if endpoint is None:
                 return None
-            rate = endpoint.policy.drain_rate_per_s
-            if endpoint.rate_limit_per_s:
-                rate = min(rate, endpoint.rate_limit_per_s)
             self._announce(conn, SCHEDULE)
-            return health.resume(conn, endpoint_id, by, now, rate)
+            return health.resume(conn, endpoint_id, by, now, fanout.drain_rate(endpoint))
 
     def _endpoint_health_tx(self, endpoint_ids: Sequence[str]) -> dict[str, EndpointHealth]:
         with self._read() as conn:
@@ -1120,11 +1117,7 @@ class _Ingest:
         now = self._now
         if new.email is None:
             message_id = ids.new_id(ids.MESSAGE)
-            targets = [
-                ep
-                for ep in tenant_endpoints
-                if ep.kind is EndpointKind.WEBHOOK and ep.accepts(new.event_type)
-            ]
+            targets = fanout.targets(new, tenant_endpoints)
         else:
             message_id = ids.new_id(ids.EMAIL)
             targets = [self._email_lane(new.tenant_id, tenant_endpoints)]
@@ -1167,8 +1160,7 @@ class _Ingest:
         lacking = {
             m.tenant_id
             for m in batch
-            if m.email is not None
-            and not any(ep.kind is EndpointKind.EMAIL for ep in fan_out.get(m.tenant_id, ()))
+            if m.email is not None and fanout.email_lane(fan_out.get(m.tenant_id, ())) is None
         }
         if lacking:
             self._take_turns(Turn.EMAIL_LANE, lacking)
@@ -1176,27 +1168,10 @@ class _Ingest:
 
     def _email_lane(self, tenant_id: str, tenant_endpoints: list[Endpoint]) -> Endpoint:
         """The tenant's email lane, made now if this is its first email."""
-        for endpoint in tenant_endpoints:
-            if endpoint.kind is EndpointKind.EMAIL:
-                return endpoint
-        lane = Endpoint(
-            id=ids.new_id(ids.ENDPOINT),
-            tenant_id=tenant_id,
-            url="email:",
-            description="the tenant's emails",
-            event_types=(),
-            secret="",
-            previous_secret=None,
-            previous_secret_expires_at=None,
-            max_in_flight=EMAIL_LANE_MAX_IN_FLIGHT,
-            rate_limit_per_s=None,
-            retry_schedule=None,
-            state=EndpointState.ACTIVE,
-            disabled_reason=None,
-            created_at=self._now,
-            updated_at=self._now,
-            kind=EndpointKind.EMAIL,
-        )
+        lane = fanout.email_lane(tenant_endpoints)
+        if lane is not None:
+            return lane
+        lane = fanout.new_email_lane(ids.new_id(ids.ENDPOINT), tenant_id, self._now)
         self._conn.execute(insert(endpoints).values(**_endpoint_row(lane)))
         tenant_endpoints.append(lane)
         return lane
@@ -1225,7 +1200,7 @@ class _Ingest:
             _endpoint_select()
             .where(
                 endpoints.c.tenant_id.in_(tenant_ids),
-                endpoints.c.state.in_((EndpointState.ACTIVE, EndpointState.SUSPENDED)),
+                endpoints.c.state.in_(fanout.RECEIVING_STATES),
             )
             .order_by(endpoints.c.id)
         )
@@ -1275,18 +1250,15 @@ def _replay_or_conflict(first: tuple[str, Accepted], new: NewMessage) -> Accepte
 def _new_delivery(
     delivery_id: str, endpoint: Endpoint, message_id: str, new: NewMessage, now: datetime
 ) -> dict[str, Any]:
-    # An endpoint's own schedule may delay even the first attempt (its first entry).
-    first_delay = endpoint.retry_schedule[0] if endpoint.retry_schedule else 0.0
-    suspended = endpoint.state is EndpointState.SUSPENDED
     return {
         "id": delivery_id,
         "message_id": message_id,
         "tenant_id": new.tenant_id,
         "endpoint_id": endpoint.id,
-        "state": DeliveryState.HELD if suspended else DeliveryState.PENDING,
+        "state": fanout.first_state(endpoint),
         "attempts": 0,
         "retry_base": 0,
-        "next_attempt_at": now + timedelta(seconds=first_delay),
+        "next_attempt_at": fanout.first_attempt_at(endpoint, now),
         "lease_expires_at": None,
         "last_status": None,
         "last_error": None,
