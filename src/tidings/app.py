@@ -27,7 +27,7 @@ from typing import Literal
 
 import structlog
 
-from tidings.channels.email import SmtpChannel, parse_smtp_url
+from tidings.channels.email import SmtpChannel
 from tidings.channels.lookup import Lookups
 from tidings.channels.senders import SenderConfig, SenderPool
 from tidings.channels.ssrf import SsrfGuard
@@ -43,6 +43,7 @@ from tidings.engine.health import HealthMonitor
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
+from tidings.smtp_url import parse_smtp_url
 from tidings.store import Store, open_store
 from tidings.store.sql import ENDPOINTS, KEYS, SCHEDULE
 

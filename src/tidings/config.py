@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     @classmethod
     def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from tidings.channels.email import parse_smtp_url
+            from tidings.smtp_url import parse_smtp_url
 
             parse_smtp_url(value.get_secret_value())  # its errors never show the password
         return value

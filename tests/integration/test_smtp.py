@@ -21,15 +21,9 @@ from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from support import DROP, STALL, Mailbox, SmtpController, free_port, leaves_nothing_open
-from tidings.channels.email import (
-    OutgoingEmail,
-    SmtpChannel,
-    SmtpSettings,
-    build_message,
-    message_id,
-    parse_smtp_url,
-)
+from tidings.channels.email import OutgoingEmail, SmtpChannel, build_message, message_id
 from tidings.domain.retry import Verdict, decide
+from tidings.smtp_url import SmtpSettings, parse_smtp_url
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DOMAIN = "mail.tidings.test"

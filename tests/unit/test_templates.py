@@ -463,7 +463,8 @@ ALLOCATING = [
 SPINNING = [
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     "{% for i in range(100000) %}{{ ('x' ~ i)|center(1000000)|length }}{% endfor %}",
-    "{% macro m(n) %}{% for i in range(100000) %}{% for j in range(20) %}{% endfor %}{% endfor %}{{ m(n) }}{% endmacro %}{{ m(1) }}",
+    "{% macro m(n) %}{% for i in range(100000) %}{% for j in range(20) %}{% endfor %}"
+    "{% endfor %}{{ m(n) }}{% endmacro %}{{ m(1) }}",
 ]
 
 
