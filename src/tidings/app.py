@@ -45,7 +45,7 @@ from tidings.keys import KeyCache
 from tidings.metrics import Metrics
 from tidings.smtp_url import parse_smtp_url
 from tidings.store import Store, open_store
-from tidings.store.sql import ENDPOINTS, KEYS, SCHEDULE
+from tidings.store.ports import Change
 
 # "all": API and delivery engine; "api": the API only; "worker": the engine only.
 Role = Literal["all", "api", "worker"]
@@ -139,7 +139,7 @@ class Tidings:
         self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
         loop = asyncio.get_running_loop()
 
-        def hear(news: str) -> None:  # on the store's listening thread
+        def hear(news: Change) -> None:  # on the store's listening thread
             loop.call_soon_threadsafe(self._heard, news)
 
         # Every role listens: an API process must hear of a key revoked elsewhere.
@@ -164,15 +164,15 @@ class Tidings:
         self._supervise("health", self._every(interval, self._led(self.health.evaluate)))
         self._supervise("purge", self._every(PURGE_INTERVAL_S, self._led(self._purge)))
 
-    def _heard(self, news: str) -> None:
+    def _heard(self, news: Change) -> None:
         """Another process's write committed ``news`` (see Store.listen)."""
-        if news == KEYS:
+        if news == Change.KEYS:
             self.keys.forget()
         elif not self.delivers:
             return
-        elif news == SCHEDULE:
+        elif news == Change.SCHEDULE:
             self.dispatcher.schedule_changed()
-        elif news == ENDPOINTS:
+        elif news == Change.ENDPOINTS:
             self.dispatcher.endpoints_changed()
         else:
             self.dispatcher.wake()

@@ -4,7 +4,7 @@ Ingest at thousands of requests a second must not read the store to
 authenticate each one, so a key's answer is remembered for `CACHE_TTL`.
 A revocation must not wait for that: the process that revokes forgets at once,
 and every other process forgets when the store tells it (``"keys"``, heard
-through :meth:`~tidings.store.base.Store.listen`), so a revoked key is refused
+through :meth:`~tidings.store.ports.Lifecycle.listen`), so a revoked key is refused
 everywhere within the time a notification takes to arrive.
 
 A key's ``last_used_at`` is written when its cached answer is renewed and the
@@ -20,7 +20,7 @@ import structlog
 
 from tidings.clock import Clock
 from tidings.exceptions import StoreError
-from tidings.store.base import Store
+from tidings.store.ports import ApiKeys
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ class KeyCache:
     """API key hash to tenant id, remembered for `CACHE_TTL` or until a
     revocation anywhere."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: ApiKeys, clock: Clock) -> None:
         self._store = store
         self._clock = clock
         self._entries: dict[str, tuple[str | None, datetime]] = {}

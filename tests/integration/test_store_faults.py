@@ -37,8 +37,9 @@ from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings
 from tidings.store import open_store
+from tidings.store.ports import Change
 from tidings.store.postgres import CONNECT_TIMEOUT_S
-from tidings.store.sql import EVERY_NEWS, WRITE_PROBE_EVERY_S
+from tidings.store.sql import WRITE_PROBE_EVERY_S
 
 TINY_DISK = "4m"
 
@@ -255,10 +256,10 @@ async def test_the_listener_hears_of_everything_again_after_a_reconnect(postgres
     heard: list[str] = []
     try:
         await store.listen(heard.append)
-        await wait_for(lambda: set(EVERY_NEWS) <= set(heard))
+        await wait_for(lambda: set(Change) <= set(heard))
         heard.clear()
         await asyncio.to_thread(_end_sessions, _name_of(postgres_url))
-        await wait_for(lambda: set(EVERY_NEWS) <= set(heard))
+        await wait_for(lambda: set(Change) <= set(heard))
     finally:
         await store.close()
 

@@ -4,7 +4,7 @@ A notice is an email to the tenant's owner, sent through tidings' own email
 channel (so it is durable, retried, and lands in the mail sink without SMTP),
 and an operational event (``endpoint.<kind>``) in the tenant's own stream,
 which any of its endpoints may subscribe to by name. Both are published with
-the notice's record in one commit (:meth:`~tidings.store.base.Store.publish_notice`).
+the notice's record in one commit (:meth:`~tidings.store.ports.Store.publish_notice`).
 
 The email uses the built-in template :data:`NOTICE_TEMPLATE`, whose name no
 tenant template can take (a colon is not allowed in one); its text is written

@@ -34,7 +34,7 @@ from tidings.email.renderer import Renderer
 from tidings.email.stored import template_of
 from tidings.exceptions import InvalidInput
 from tidings.metrics import Metrics
-from tidings.store.base import Store
+from tidings.store.ports import Store
 
 SINK_REPLY = "250 2.0.0 kept by the tidings mail sink"
 TEMPLATE_TTL_S = 1.0

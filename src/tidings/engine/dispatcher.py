@@ -56,7 +56,7 @@ from tidings.email.sending import Choice, EmailSender
 from tidings.engine.batcher import Batcher
 from tidings.ids import ATTEMPT, new_id
 from tidings.metrics import Metrics
-from tidings.store.base import Store
+from tidings.store.ports import Store
 
 log = structlog.get_logger(__name__)
 

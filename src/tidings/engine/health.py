@@ -41,7 +41,7 @@ from tidings.email.notices import LAST_ERRORS, Facts, notice
 from tidings.engine.dispatcher import Dispatcher
 from tidings.exceptions import Conflict, NotFound
 from tidings.metrics import Metrics
-from tidings.store.base import Store
+from tidings.store.ports import Store
 
 log = structlog.get_logger(__name__)
 

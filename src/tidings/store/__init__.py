@@ -1,8 +1,8 @@
-"""Persistence behind the :class:`~tidings.store.base.Store` contract."""
+"""Persistence behind the :class:`~tidings.store.ports.Store` contract."""
 
 from __future__ import annotations
 
-from tidings.store.base import Store
+from tidings.store.ports import Store
 
 
 def open_store(url: str) -> Store:

@@ -52,8 +52,9 @@ from tidings.domain.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.domain.ratelimit import TokenBucket
 from tidings.exceptions import StoreError, StoreUnavailable
 from tidings.store.hot import apply_results
+from tidings.store.ports import Change
 from tidings.store.schema import from_micros, to_micros
-from tidings.store.sql import EVERY_NEWS, SqlStore, Turn
+from tidings.store.sql import SqlStore, Turn
 
 log = structlog.get_logger(__name__)
 
@@ -110,10 +111,10 @@ class PostgresStore(SqlStore):
         if names:
             conn.exec_driver_sql(_TAKE_TURNS, {"space": TURN_LOCKS[turn], "names": sorted(names)})
 
-    def _announce(self, conn: Connection, news: str) -> None:
+    def _announce(self, conn: Connection, news: Change) -> None:
         conn.exec_driver_sql(f"SELECT pg_notify('{CHANNEL}', %(news)s)", {"news": news})
 
-    async def listen(self, hear: Callable[[str], None]) -> None:
+    async def listen(self, hear: Callable[[Change], None]) -> None:
         """LISTEN on a connection of its own, in a thread of its own; a lost connection
         is made again after :data:`RECONNECT_S`. Whatever was announced while no one
         listened is lost: once listening again, ``hear`` is told every kind of news,
@@ -124,11 +125,11 @@ class PostgresStore(SqlStore):
                 try:
                     with self._connect() as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
-                        for news in EVERY_NEWS:
+                        for news in Change:
                             hear(news)
                         while not self._listening.is_set():
                             for note in conn.notifies(timeout=LISTEN_POLL_S):
-                                hear(note.payload)
+                                hear(Change(note.payload))
                 except psycopg.Error as exc:
                     log.warning("store_listener_reconnecting", error=str(exc))
                     self._listening.wait(RECONNECT_S)

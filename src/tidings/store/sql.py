@@ -3,7 +3,7 @@
 Every store call is one transaction written as a plain synchronous function
 (``_<name>_tx``) and run whole in a worker thread (or, for a backend that
 allows it, a hot-path write inline: see ``_writing_hot``); the async methods of
-the :class:`~tidings.store.base.Store` contract at the end of the class only
+the :class:`~tidings.store.ports.Store` contract at the end of the class only
 hand it over. Backend specifics (connection pragmas, flush levels, the
 engine's hot paths in the driver's own SQL) live in subclasses; everything
 else is here.
@@ -75,8 +75,8 @@ from tidings.domain.models import (
 )
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreError, StoreUnavailable
 from tidings.store import health, sealing
-from tidings.store.base import Store
 from tidings.store.hot import DISABLED, Cursor, apply_results
+from tidings.store.ports import Change, Store
 from tidings.store.schema import (
     api_keys,
     attempts,
@@ -102,13 +102,6 @@ PING_TIMEOUT_S = 2.0
 # become a load on the writer).
 WRITE_PROBE_EVERY_S = 1.0
 PROBE_SETTING = "write_probe_at"
-# What a write tells the other processes (see SqlStore._announce and Store.listen).
-WORK = "work"  # new deliveries are due now
-ENDPOINTS = "endpoints"  # endpoints (or their policies) changed
-SCHEDULE = "schedule"  # deliveries were made due at times no worker wrote
-KEYS = "keys"  # an API key was revoked: forget what was cached of keys
-# Every kind of news: what a listener that may have missed some is told (see Store.listen).
-EVERY_NEWS = (WORK, ENDPOINTS, SCHEDULE, KEYS)
 
 
 class Turn(StrEnum):
@@ -243,10 +236,9 @@ class SqlStore(Store):
         end of ``conn``'s transaction (backend hook: SQLite's one writer at a time
         already takes turns on everything)."""
 
-    def _announce(self, conn: Connection, news: str) -> None:
+    def _announce(self, conn: Connection, news: Change) -> None:
         """Tell the other processes on this store, once ``conn``'s transaction commits,
-        what it changed: :data:`WORK`, :data:`ENDPOINTS` or :data:`SCHEDULE` (backend
-        hook: one process per SQLite file has no one to tell)."""
+        what it changed (backend hook: one process per SQLite file has no one to tell)."""
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -373,7 +365,7 @@ class SqlStore(Store):
             ).rowcount
             row = conn.execute(select(api_keys).where(mine)).first()
             if revoked:
-                self._announce(conn, KEYS)
+                self._announce(conn, Change.KEYS)
         return None if row is None else ApiKey(**row._asdict())
 
     def _touch_api_key_tx(self, key_id: str, now: datetime) -> None:
@@ -386,7 +378,7 @@ class SqlStore(Store):
         with self._write() as conn:
             row = sealing.sealed_row(_endpoint_row(endpoint), self._keys)
             conn.execute(insert(endpoints).values(**row))
-            self._announce(conn, ENDPOINTS)
+            self._announce(conn, Change.ENDPOINTS)
 
     def _get_endpoint_tx(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
         with self._read() as conn:
@@ -430,7 +422,7 @@ class SqlStore(Store):
                 .where(endpoints.c.id == endpoint_id)
                 .values(**values, updated_at=now)
             )
-            self._announce(conn, ENDPOINTS)
+            self._announce(conn, Change.ENDPOINTS)
             endpoint = _get_endpoint(conn, tenant_id, endpoint_id)
         return None if endpoint is None else sealing.opened(endpoint, self._keys)
 
@@ -448,7 +440,7 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
-            self._announce(conn, ENDPOINTS)
+            self._announce(conn, Change.ENDPOINTS)
             return _kill_waiting(conn, [endpoint_id], DELETED, now)
 
     def _active_endpoints_tx(self) -> list[Endpoint]:
@@ -462,7 +454,7 @@ class SqlStore(Store):
         self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
     ) -> list[Accepted | Conflict]:
         with self._write() as conn:
-            self._announce(conn, WORK)
+            self._announce(conn, Change.WORK)
             keys_since = now - timedelta(seconds=idempotency_ttl_s)
             return _Ingest(conn, now, keys_since, partial(self._take_turns, conn)).run(batch)
 
@@ -533,7 +525,7 @@ class SqlStore(Store):
                     updated_at=now,
                 )
             )
-            self._announce(conn, WORK)
+            self._announce(conn, Change.WORK)
         return int(pending.rowcount) + int(held.rowcount)
 
     # email -----------------------------------------------------------------------
@@ -676,7 +668,7 @@ class SqlStore(Store):
         if not claimed:
             return 0
         with self._write(durable=False) as conn:
-            self._announce(conn, WORK)  # due now, for any worker (this one may be stopping)
+            self._announce(conn, Change.WORK)  # due now, for any worker (this one may be stopping)
             result = conn.execute(
                 _RELEASE,
                 [{"b_id": c.delivery_id, "b_lease": c.lease_until, "b_now": now} for c in claimed],
@@ -724,7 +716,7 @@ class SqlStore(Store):
         with self._write() as conn:
             if changes:
                 conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**changes))
-                self._announce(conn, ENDPOINTS)  # their alarm policies
+                self._announce(conn, Change.ENDPOINTS)  # their alarm policies
             row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
         return None if row is None else Tenant(**row._asdict())
 
@@ -734,7 +726,7 @@ class SqlStore(Store):
         with self._write() as conn:
             if _get_endpoint(conn, tenant_id, endpoint_id) is None:
                 return None
-            self._announce(conn, ENDPOINTS)
+            self._announce(conn, Change.ENDPOINTS)
             return health.suspend(conn, endpoint_id, reason, by, now)
 
     def _resume_tx(
@@ -744,7 +736,7 @@ class SqlStore(Store):
             endpoint = _get_endpoint(conn, tenant_id, endpoint_id)
             if endpoint is None:
                 return None
-            self._announce(conn, SCHEDULE)
+            self._announce(conn, Change.SCHEDULE)
             return health.resume(conn, endpoint_id, by, now, fanout.drain_rate(endpoint))
 
     def _endpoint_health_tx(self, endpoint_ids: Sequence[str]) -> dict[str, EndpointHealth]:
@@ -800,7 +792,7 @@ class SqlStore(Store):
                 last = health.last_notice_at(conn, notice.endpoint_id, notice.url, notice.kind)
                 if last is not None and last > dedupe_since:
                     return False
-            self._announce(conn, ENDPOINTS)  # its email may have made the email lane
+            self._announce(conn, Change.ENDPOINTS)  # its email may have made the email lane
             at = notice.sent_at
             accepted = _Ingest(conn, at, at, partial(self._take_turns, conn)).run(published)
             emailed = [
@@ -1019,7 +1011,7 @@ class SqlStore(Store):
     async def release(self, claimed: Sequence[Claimed], now: datetime) -> int:
         return await self._writing(partial(self._release_tx, claimed, now))
 
-    async def listen(self, hear: Callable[[str], None]) -> None:
+    async def listen(self, hear: Callable[[Change], None]) -> None:
         """Nothing to hear: one process per SQLite file."""
 
     async def lead(self) -> bool:
