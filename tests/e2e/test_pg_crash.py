@@ -46,7 +46,7 @@ from test_crash import (
 )
 
 from support import ENCRYPTION_KEY, Receiver, bearer, new_endpoint, new_tenant, wait_for
-from tidings.store.postgres import LEADER_LOCK
+from tidings.store.sql.postgres import LEADER_LOCK
 
 pytestmark = pytest.mark.slow
 

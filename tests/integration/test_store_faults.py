@@ -38,8 +38,8 @@ from tidings.app import Tidings
 from tidings.config import Settings
 from tidings.store import open_store
 from tidings.store.ports import Change
-from tidings.store.postgres import CONNECT_TIMEOUT_S
-from tidings.store.sql import WRITE_PROBE_EVERY_S
+from tidings.store.sql.core import WRITE_PROBE_EVERY_S
+from tidings.store.sql.postgres import CONNECT_TIMEOUT_S
 
 TINY_DISK = "4m"
 

@@ -8,11 +8,11 @@ from tidings.store.ports import Store
 def open_store(url: str) -> Store:
     """The store for a database URL: ``sqlite:///path`` or ``postgresql://…``."""
     if url.startswith("sqlite"):
-        from tidings.store.sqlite import SqliteStore
+        from tidings.store.sql.sqlite import SqliteStore
 
         return SqliteStore(url)
     if url.startswith(("postgresql", "postgres:")):
-        from tidings.store.postgres import PostgresStore
+        from tidings.store.sql.postgres import PostgresStore
 
         return PostgresStore(url)
     raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from tidings.store.schema import metadata
+from tidings.store.sql.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only `alembic` run by hand

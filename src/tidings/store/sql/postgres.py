@@ -1,6 +1,6 @@
 """The PostgreSQL store: any number of tidings processes on one database.
 
-The transactions are :class:`~tidings.store.sql.SqlStore`'s, the same
+The transactions are :class:`~tidings.store.sql.store.SqlStore`'s, the same
 synchronous functions SQLite runs, on psycopg 3 connections in worker threads.
 Unlike SQLite's, writes are not serialised in the process: PostgreSQL locks
 rows, so several write transactions run at once, from this process and others.
@@ -51,10 +51,11 @@ from sqlalchemy.engine import Connection
 from tidings.domain.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.domain.ratelimit import TokenBucket
 from tidings.exceptions import StoreError, StoreUnavailable
-from tidings.store.hot import apply_results
 from tidings.store.ports import Change
-from tidings.store.schema import from_micros, to_micros
-from tidings.store.sql import SqlStore, Turn
+from tidings.store.sql.core import Turn, writes_hot
+from tidings.store.sql.hot import apply_results
+from tidings.store.sql.schema import from_micros, to_micros
+from tidings.store.sql.store import SqlStore
 
 log = structlog.get_logger(__name__)
 
@@ -213,7 +214,8 @@ class PostgresStore(SqlStore):
     def _lock_migrations(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
 
-    def _claim_tx(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
+    @writes_hot
+    def claim(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
         wanted = sorted((endpoint_id, n) for endpoint_id, n in slots.items() if n > 0)
         if not wanted:
             return Claims()
@@ -252,7 +254,8 @@ class PostgresStore(SqlStore):
         ]
         return Claims(claimed, capped=full)
 
-    def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int:
+    @writes_hot
+    def record_results(self, results: Sequence[AttemptResult], now: datetime) -> int:
         if not results:
             return 0
         with self._write(durable=False) as conn, _driver_errors():

@@ -40,9 +40,10 @@ from sqlalchemy.pool import QueuePool
 
 from tidings.domain.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.exceptions import StoreError, StoreUnavailable
-from tidings.store.hot import apply_results
-from tidings.store.schema import from_micros, to_micros
-from tidings.store.sql import SqlStore
+from tidings.store.sql.core import writes_hot
+from tidings.store.sql.hot import apply_results
+from tidings.store.sql.schema import from_micros, to_micros
+from tidings.store.sql.store import SqlStore
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +126,8 @@ class SqliteStore(SqlStore):
         except sqlite3.Error:
             log.exception("wal_checkpoint_failed")
 
-    def _claim_tx(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
+    @writes_hot
+    def claim(self, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
         """One process per file: the dispatcher's own counts are the caps, so none is
         held back here."""
         wanted = [(endpoint_id, n) for endpoint_id, n in slots.items() if n > 0]
@@ -163,7 +165,8 @@ class SqliteStore(SqlStore):
             ) in rows
         )
 
-    def _record_results_tx(self, results: Sequence[AttemptResult], now: datetime) -> int:
+    @writes_hot
+    def record_results(self, results: Sequence[AttemptResult], now: datetime) -> int:
         if not results:
             return 0
         if not any(r.email for r in results):

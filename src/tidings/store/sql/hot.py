@@ -16,8 +16,8 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from tidings.domain.models import AttemptResult, DeliveryState, EndpointState
-from tidings.store.health import breaker_row, minute_rows
-from tidings.store.schema import to_micros
+from tidings.store.sql.health import breaker_row, minute_rows
+from tidings.store.sql.schema import to_micros
 
 GONE = "the endpoint answered 410 Gone"
 DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"

@@ -91,7 +91,7 @@ endpoints = Table(
     Column("url", Text, nullable=False),
     Column("description", Text, nullable=False),
     Column("event_types", Text, nullable=False),  # JSON array
-    Column("secret", Text, nullable=False),  # sealed (see store/sealing.py)
+    Column("secret", Text, nullable=False),  # sealed (see sealing.py)
     Column("previous_secret", Text),
     Column("previous_secret_expires_at", Timestamp),
     Column("max_in_flight", Integer, nullable=False),

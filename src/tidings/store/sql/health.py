@@ -1,9 +1,9 @@
 """The store's side of endpoint health: per-minute results, breakers, suspensions.
 
-These are the bodies of :class:`~tidings.store.sql.SqlStore`'s health
-transactions, each a function of an open connection, and the rows the result
-write-back adds (:func:`minute_rows`, :func:`breaker_row`), which every
-backend's hot path writes in its own SQL.
+These are the bodies of the health transactions (see
+:mod:`~tidings.store.sql.health_records`), each a function of an open connection,
+and the rows the result write-back adds (:func:`minute_rows`, :func:`breaker_row`),
+which every backend's hot path writes in its own SQL.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tidings.domain.models import (
     Suspension,
 )
 from tidings.exceptions import Conflict
-from tidings.store.schema import (
+from tidings.store.sql.schema import (
     attempts,
     breakers,
     deliveries,

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from tidings.crypto import KEY_ID_CHARS, PREFIX, Keyring
 from tidings.domain.models import Endpoint
 from tidings.exceptions import EncryptionKeyError
-from tidings.store.schema import endpoints, settings
+from tidings.store.sql.schema import endpoints, settings
 
 CANARY = "encryption_canary"
 CANARY_CONTEXT = f"setting:{CANARY}"
