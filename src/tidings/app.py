@@ -45,7 +45,7 @@ from tidings.keys import KeyCache
 from tidings.metrics import Metrics
 from tidings.smtp_url import parse_smtp_url
 from tidings.store import Store, open_store
-from tidings.store.ports import Change
+from tidings.store.ports import Change, Secrets
 
 # "all": API and delivery engine; "api": the API only; "worker": the engine only.
 Role = Literal["all", "api", "worker"]
@@ -305,7 +305,7 @@ class Keys:
     """The key file, if this start made it."""
 
 
-def load_keys(settings: Settings, store: Store) -> Keys:
+def load_keys(settings: Settings, store: Secrets) -> Keys:
     """The keys from ``TIDINGS_ENCRYPTION_KEY``; unset, those of the key file beside an
     SQLite database (made now with a fresh key if there is none). A database server
     has no "beside": there the setting is required, and every process needs the same."""
@@ -325,7 +325,7 @@ def load_keys(settings: Settings, store: Store) -> Keys:
     return Keys(keyring, f"the key file {path}", created=path if made else None)
 
 
-async def open_secrets(store: Store, keys: Keys) -> None:
+async def open_secrets(store: Secrets, keys: Keys) -> None:
     """Open ``store``'s secrets with ``keys``; a store created before secrets were
     encrypted has its plaintext ones encrypted now (once)."""
     try:
