@@ -69,11 +69,12 @@ class Lifecycle(Protocol):
 
     async def listen(self, hear: Callable[[Change], None]) -> None:
         """From now until :meth:`close`, call ``hear(news)`` (from any thread) whenever
-        another process's write committed a :class:`Change`. Missing work, endpoints
-        or schedule only delays work until the dispatcher's next look at the store; a
-        missed keys lets a revoked key work until its cache entry expires. Whenever news
-        may have been missed (the listening connection was lost and made again), every
-        kind is heard once, so that each cache reads what it keeps again."""
+        another process's write committed a :class:`Change`. A missed ``WORK``,
+        ``ENDPOINTS`` or ``SCHEDULE`` only delays work until the dispatcher's next look
+        at the store; a missed ``KEYS`` lets a revoked key work until its cache entry
+        expires. Whenever news may have been missed (the listening connection was lost
+        and made again), every kind is heard once, so that each cache reads what it
+        keeps again."""
 
     async def lead(self) -> bool:
         """Whether this process is the one that runs the singleton duties (health
