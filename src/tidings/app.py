@@ -27,19 +27,21 @@ from typing import Literal
 
 import structlog
 
+from tidings.channels.base import Channel
 from tidings.channels.email import SmtpChannel
 from tidings.channels.lookup import Lookups
 from tidings.channels.senders import SenderConfig, SenderPool
 from tidings.channels.ssrf import SsrfGuard
-from tidings.channels.webhook import Channel, WebhookChannel
+from tidings.channels.webhook import WebhookChannel, Webhooks, WebhookTransport
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.crypto import Keyring, key_file
-from tidings.domain.models import Accepted, NewMessage
+from tidings.domain.models import Accepted, EndpointKind, NewMessage
 from tidings.email.sending import EmailSender
 from tidings.engine.batcher import Batcher
 from tidings.engine.dispatcher import Dispatcher
 from tidings.engine.health import HealthMonitor
+from tidings.events import Bus
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
@@ -78,10 +80,12 @@ class Tidings:
         self.role = role
         self.clock = clock or SystemClock()
         self.store = store or open_store(settings.database_url)
+        self.events = Bus()
         self.metrics = Metrics()
+        self.events.subscribe(self.metrics.observe)
         self.guard = SsrfGuard(allow=settings.allow_networks)
         self.senders: SenderPool | None = None
-        self.channel: Channel
+        self.channel: WebhookTransport
         if settings.sender_count:
             self.channel = self.senders = SenderPool(
                 settings.sender_count, _sender_config(settings)
@@ -104,17 +108,20 @@ class Tidings:
         self.emails = EmailSender(
             self.store,
             self.lookups,
-            self.metrics,
+            self.events,
             smtp=self.smtp,
             sender=settings.email_from,
             message_id_domain=_domain(settings.email_from),
             lookup_budget_s=settings.request_timeout.total_seconds() / 2,
         )
-        self.dispatcher = Dispatcher(
-            self.store, self.channel, settings, self.metrics, self.clock, rng, self.emails
-        )
+        # One channel per endpoint kind: the engine never asks which kind it holds.
+        channels: dict[EndpointKind, Channel] = {
+            EndpointKind.WEBHOOK: Webhooks(self.channel),
+            EndpointKind.EMAIL: self.emails,
+        }
+        self.dispatcher = Dispatcher(self.store, channels, settings, self.events, self.clock, rng)
         self.health = HealthMonitor(
-            self.store, self.dispatcher, self.channel, self.metrics, self.clock, settings
+            self.store, self.dispatcher, self.channel, self.events, self.clock, settings
         )
         self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
         self.keys = KeyCache(self.store, self.clock)

@@ -1,26 +1,33 @@
 """Every Prometheus metric of tidings, on one registry owned by the app.
 
-The engine reports what happened through :meth:`Metrics.attempted` and the
-housekeeping task sets the queue depth; nothing else touches a metric. Every
-label combination is created up front, so a rate over a counter that has not
-moved yet reads 0, not "no data".
+Metrics are one subscriber of the events (:mod:`tidings.events`): the engine
+and the email pipeline say what happened, and :meth:`Metrics.observe` counts
+it; the housekeeping task sets the queue depth. Every label combination is
+created up front, so a rate over a counter that has not moved yet reads 0, not
+"no data".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult
 from tidings.domain.models import DeliveryState
-from tidings.domain.outcome import Outcome
-from tidings.domain.retry import Decision, Verdict
+from tidings.domain.notices import NoticeKind
+from tidings.domain.retry import DeadReason, Verdict
+from tidings.events import (
+    AttemptFinished,
+    DeliveriesEnded,
+    Event,
+    HeldCounted,
+    LookupDone,
+    NoticeSent,
+)
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
-DEAD_REASONS = ("exhausted", "expired", "gone", "blocked", "rejected", "disabled", "deleted")
-NOTICE_KINDS = ("warning", "critical", "suspended", "resumed")
+ALARM_LEVELS = (NoticeKind.WARNING, NoticeKind.CRITICAL)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400)
 
@@ -130,17 +137,34 @@ class Metrics:
             self.messages.labels(replayed)
         for verdict in Verdict:
             self.deliveries.labels(verdict.value)
-        for reason in DEAD_REASONS:
-            self.dead.labels(reason)
+        for cause in DeadReason:
+            self.dead.labels(cause.value)
         for outcome in ("success", "failure"):
             for status_class in STATUS_CLASSES:
                 self.attempts.labels(outcome, status_class)
         for state in DeliveryState:
             self.queue_depth.labels(state.value)
-        for level in ("warning", "critical"):
-            self.alarms.labels(level)
-        for kind in NOTICE_KINDS:
-            self.notices.labels(kind)
+        for level in ALARM_LEVELS:
+            self.alarms.labels(level.value)
+        for kind in NoticeKind:
+            self.notices.labels(kind.value)
+
+    def observe(self, event: Event) -> None:
+        """Count what ``event`` says happened (subscribed to the process's event bus);
+        an event no metric counts is ignored."""
+        match event:
+            case AttemptFinished():
+                self._attempted(event)
+            case LookupDone(template, result):
+                self._looked_up(template, result)
+            case DeliveriesEnded(cause, count):
+                self.ended(cause, count)
+            case NoticeSent(kind):
+                self.notices.labels(kind.value).inc()
+                if kind.is_alarm:
+                    self.alarms.labels(kind.value).inc()
+            case HeldCounted(held, suspended):
+                self._set_endpoints_held(held, suspended)
 
     def template_known(self, template: str) -> None:
         """Create the lookup series of ``template`` (once), so they read 0 from the start."""
@@ -151,37 +175,31 @@ class Metrics:
             for reason in LOOKUP_REASONS if outcome is LookupOutcome.ERROR else ("",):
                 self.lookups.labels(template, outcome.value, reason)
 
-    def looked_up(self, template: str, result: LookupResult) -> None:
+    def _looked_up(self, template: str, result: LookupResult) -> None:
         self.template_known(template)
         self.lookups.labels(template, result.outcome.value, result.reason).inc()
 
     def accepted(self, *, replayed: bool) -> None:
         self.messages.labels("true" if replayed else "false").inc()
 
-    def attempted(
-        self,
-        endpoint_id: str,
-        outcome: Outcome,
-        decision: Decision,
-        duration_ms: float,
-        accepted_at: datetime,
-        now: datetime,
-    ) -> None:
+    def _attempted(self, event: AttemptFinished) -> None:
         """Count one finished attempt and what the policy made of it."""
+        outcome, decision = event.outcome, event.decision
         success = outcome.succeeded
         self.attempts.labels("success" if success else "failure", outcome.status_class).inc()
-        self.endpoint_attempts.labels(endpoint_id, "success" if success else "failure").inc()
-        self.attempt_duration.observe(duration_ms / 1000)
+        self.endpoint_attempts.labels(event.endpoint_id, "success" if success else "failure").inc()
+        self.attempt_duration.observe(event.duration_ms / 1000)
         self.deliveries.labels(decision.verdict.value).inc()
-        if decision.verdict is Verdict.DEAD and decision.reason:
-            self.dead.labels(decision.reason.split(":", 1)[0]).inc()
+        if decision.cause is not None:
+            self.dead.labels(decision.cause.value).inc()
         if success:
-            self.latency.observe(max((now - accepted_at).total_seconds(), 0.0))
+            elapsed = (event.finished_at - event.accepted_at).total_seconds()
+            self.latency.observe(max(elapsed, 0.0))
 
-    def ended(self, reason: str, count: int) -> None:
+    def ended(self, cause: DeadReason, count: int) -> None:
         """Count deliveries that died without an attempt (their endpoint went away)."""
         self.deliveries.labels(Verdict.DEAD.value).inc(count)
-        self.dead.labels(reason).inc(count)
+        self.dead.labels(cause.value).inc(count)
 
     def set_queue_depth(self, depth: dict[DeliveryState, int], oldest_due_s: float) -> None:
         for state, count in depth.items():
@@ -193,10 +211,9 @@ class Metrics:
         for endpoint_id in endpoint_ids:
             self.endpoint_deliveries.labels(endpoint_id).inc()
 
-    def set_endpoints_held(self, held: dict[str, int], suspended: Iterable[str]) -> None:
+    def _set_endpoints_held(self, held: Mapping[str, int], suspended: frozenset[str]) -> None:
         """The held deliveries and suspended endpoints as last counted; endpoints that
         left either read 0 (their series stay, so a rate over them stays defined)."""
-        suspended = set(suspended)
         for endpoint_id in self._held | held.keys() | suspended:
             self.endpoint_held.labels(endpoint_id).set(held.get(endpoint_id, 0))
             self.endpoint_suspended.labels(endpoint_id).set(int(endpoint_id in suspended))

@@ -21,10 +21,10 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 from structlog.testing import capture_logs
 
+from tidings.channels import lookup
 from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult, Lookups
 from tidings.channels.ssrf import SsrfGuard
 from tidings.clock import FakeClock
-from tidings.channels import lookup
 
 LOOPBACK_ONLY = SsrfGuard(allow=[ip_network("127.0.0.0/8")])
 MAX_BYTES = 64 * 1024

@@ -23,6 +23,7 @@ from tidings.app import Tidings
 from tidings.channels.signing import new_secret
 from tidings.domain.alarms import merged_overrides, policy_of
 from tidings.domain.models import Endpoint, EndpointState
+from tidings.domain.retry import DeadReason
 from tidings.exceptions import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
@@ -100,7 +101,7 @@ async def delete_endpoint(endpoint_id: str, tenant_id: TenantId, app: App) -> Re
     ended = await app.store.delete_endpoint(tenant_id, endpoint_id, app.clock.now())
     if ended is None:
         raise _not_found(endpoint_id)
-    app.metrics.ended("deleted", ended)
+    app.metrics.ended(DeadReason.DELETED, ended)
     app.dispatcher.endpoints_changed()
     return Response(status_code=204)
 

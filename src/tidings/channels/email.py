@@ -56,8 +56,9 @@ from aiosmtplib import (
     SMTPStatus,
 )
 
-from tidings.channels.webhook import EXCERPT_BYTES, Sent
-from tidings.domain.outcome import Outcome
+from tidings.channels.base import Sent
+from tidings.channels.webhook import EXCERPT_BYTES
+from tidings.domain.outcome import ErrorClass, Outcome
 from tidings.smtp_url import SmtpSettings
 
 __all__ = [
@@ -250,26 +251,28 @@ def _transaction_outcome(exc: SMTPException | OSError | ValueError) -> tuple[Out
         outcome = Outcome(exc.code, protocol="SMTP", detail=text, permanent=500 <= exc.code <= 599)
         return outcome, text
     if isinstance(exc, SMTPResponseException):
-        return Outcome(None, "protocol_error", detail=_cut(exc.message)), None
+        return Outcome(None, ErrorClass.PROTOCOL_ERROR, detail=_cut(exc.message)), None
     if isinstance(exc, TimeoutError):
-        return Outcome(None, "timeout", detail="the SMTP server did not answer in time"), None
+        return Outcome(
+            None, ErrorClass.TIMEOUT, detail="the SMTP server did not answer in time"
+        ), None
     if isinstance(exc, OSError):
         detail = str(exc) or "the SMTP server closed the connection"
-        return Outcome(None, "connection_closed", detail=detail), None
+        return Outcome(None, ErrorClass.CONNECTION_CLOSED, detail=detail), None
     if isinstance(exc, SMTPNotSupported | ValueError):
-        return Outcome(None, "invalid_message", detail=str(exc), permanent=True), None
-    return Outcome(None, "client_error", detail=f"{type(exc).__name__}: {exc}"), None
+        return Outcome(None, ErrorClass.INVALID_MESSAGE, detail=str(exc), permanent=True), None
+    return Outcome(None, ErrorClass.CLIENT_ERROR, detail=f"{type(exc).__name__}: {exc}"), None
 
 
 def _session_outcome(exc: SMTPException | OSError) -> tuple[Outcome, str | None]:
     """What a failure to open a session means: never permanent, as it is not about
     this message."""
     if isinstance(exc, TimeoutError):
-        return Outcome(None, "timeout", detail=f"connecting: {exc}"), None
+        return Outcome(None, ErrorClass.TIMEOUT, detail=f"connecting: {exc}"), None
     if isinstance(exc, SMTPResponseException) and exc.code > 0:
         text = _cut(exc.message)
         return Outcome(exc.code, protocol="SMTP", detail=f"{_stage(exc)}: {text}"), text
-    return Outcome(None, "connect_error", detail=str(exc) or type(exc).__name__), None
+    return Outcome(None, ErrorClass.CONNECT_ERROR, detail=str(exc) or type(exc).__name__), None
 
 
 def _stage(exc: SMTPResponseException) -> str:

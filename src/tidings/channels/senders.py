@@ -38,9 +38,10 @@ from typing import Any
 import orjson
 import structlog
 
+from tidings.channels.base import Sent
 from tidings.channels.ssrf import SsrfGuard
-from tidings.channels.webhook import Sent, WebhookChannel, WebhookRequest
-from tidings.domain.outcome import Outcome
+from tidings.channels.webhook import WebhookChannel, WebhookRequest
+from tidings.domain.outcome import ErrorClass, Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -73,9 +74,10 @@ class SenderConfig:
 
 
 class SenderPool:
-    """``count`` sender processes behind the :class:`~tidings.channels.webhook.Channel`
-    interface. ``open`` starts them, ``run`` (a supervised task) reads their
-    answers and restarts any that dies, ``close`` lets them finish and stop."""
+    """``count`` sender processes behind the
+    :class:`~tidings.channels.webhook.WebhookTransport` interface. ``open`` starts
+    them, ``run`` (a supervised task) reads their answers and restarts any that
+    dies, ``close`` lets them finish and stop."""
 
     def __init__(self, count: int, config: SenderConfig) -> None:
         self._senders = [_Sender(number, config) for number in range(count)]
@@ -210,8 +212,9 @@ class _Sender:
         seq, status, retry_after, error, detail, duration_ms, excerpt = fields
         future = self.pending.get(seq)
         if future is not None and not future.done():
+            error_class = None if error is None else ErrorClass(error)
             future.set_result(
-                Sent(Outcome(status, error, retry_after, detail), duration_ms, excerpt)
+                Sent(Outcome(status, error_class, retry_after, detail), duration_ms, excerpt)
             )
 
 

@@ -1,5 +1,10 @@
 """The webhook channel: one signed POST per attempt, through one shared session.
 
+:class:`Webhooks` is the :class:`~tidings.channels.base.Channel` of webhook
+endpoints: it makes each claimed delivery a :class:`WebhookRequest` and hands it
+to a :class:`WebhookTransport`, this process's :class:`WebhookChannel` or a pool
+of sender processes (:mod:`tidings.channels.senders`) that run one each.
+
 The session's connector resolves every host through the SSRF guard and
 connects to the address it checked. Redirects are never followed (a 3xx is a
 failed attempt), the response body is read only up to a short excerpt, and
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -21,23 +27,16 @@ import orjson
 from yarl import URL
 
 from tidings import __version__
+from tidings.channels.base import Sent
 from tidings.channels.signing import signature_headers
 from tidings.channels.ssrf import GuardedResolver, SsrfGuard
-from tidings.domain.models import Claimed, Endpoint
-from tidings.domain.outcome import Outcome
+from tidings.domain.models import Claimed, EmailOutcome, Endpoint
+from tidings.domain.outcome import ErrorClass, Outcome
+from tidings.domain.retry import Decision
 from tidings.exceptions import AddressBlocked
 
 EXCERPT_BYTES = 1024
 _HEADERS = {"user-agent": f"tidings/{__version__}", "content-type": "application/json"}
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One attempt's outcome, with what the attempt record keeps."""
-
-    outcome: Outcome
-    duration_ms: float
-    excerpt: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +72,32 @@ def _host(url: str) -> str:
     return URL(url).host or ""
 
 
-class Channel(Protocol):
-    """What the dispatcher sends through: this process's :class:`WebhookChannel`,
-    or a :class:`~tidings.channels.senders.SenderPool` of sender processes."""
+class WebhookTransport(Protocol):
+    """What makes webhook requests: this process's :class:`WebhookChannel`, or a
+    :class:`~tidings.channels.senders.SenderPool` of sender processes."""
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def send(self, request: WebhookRequest, now: datetime) -> Sent: ...
+
+
+class Webhooks:
+    """The :class:`~tidings.channels.base.Channel` of webhook endpoints: one signed
+    POST per attempt, through ``transport``; an attempt records nothing more."""
+
+    def __init__(self, transport: WebhookTransport) -> None:
+        self._transport = transport
+
+    def deliver(self, endpoint: Endpoint, job: Claimed, now: datetime) -> Awaitable[Sent]:
+        # The transport's own coroutine, not one around it: no extra await per attempt.
+        return self._transport.send(WebhookRequest.of(endpoint, job, now), now)
+
+    def settle(
+        self, endpoint: Endpoint, job: Claimed, sent: Sent, decision: Decision, now: datetime
+    ) -> EmailOutcome | None:
+        return None
 
 
 class WebhookChannel:
@@ -135,21 +151,22 @@ class WebhookChannel:
                 )
                 return Sent(outcome, _ms_since(started), excerpt.decode("utf-8", "replace"))
         except AddressBlocked as exc:
-            return Sent(Outcome(None, "blocked", detail=exc.detail), _ms_since(started), None)
+            outcome = Outcome(None, ErrorClass.BLOCKED, detail=exc.detail)
+            return Sent(outcome, _ms_since(started), None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error, detail = _classify(exc)
             return Sent(Outcome(None, error, detail=detail), _ms_since(started), None)
 
 
-def _classify(exc: BaseException) -> tuple[str, str]:
+def _classify(exc: BaseException) -> tuple[ErrorClass, str]:
     """An error class for metrics and the policy, and a human detail."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return "timeout", "the receiver did not answer in time"
+        return ErrorClass.TIMEOUT, "the receiver did not answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect_error", str(exc)
+        return ErrorClass.CONNECT_ERROR, str(exc)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return "connection_closed", str(exc) or "the receiver closed the connection"
-    return "client_error", f"{type(exc).__name__}: {exc}"
+        return ErrorClass.CONNECTION_CLOSED, str(exc) or "the receiver closed the connection"
+    return ErrorClass.CLIENT_ERROR, f"{type(exc).__name__}: {exc}"
 
 
 def _ms_since(started: float) -> float:

@@ -349,17 +349,3 @@ class EndpointHealth:
     """Deliveries held while it is suspended."""
     suspensions: tuple[Suspension, ...] = ()
     """Newest first (the first is the current one while it is suspended)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A notice to a tenant's owner about one of its endpoints."""
-
-    id: str
-    tenant_id: str
-    endpoint_id: str
-    url: str
-    kind: str  # warning, critical, suspended, resumed
-    sent_at: datetime
-    email_id: str | None  # the owner's email (``eml_…``), once published
-    detail: str  # JSON: what it said

@@ -7,8 +7,42 @@ error that stood in for one) and judged by :func:`tidings.domain.retry.decide`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-__all__ = ["Outcome"]
+__all__ = ["ErrorClass", "Outcome"]
+
+
+class ErrorClass(StrEnum):
+    """Why an attempt has no answer to judge, as channels report it and attempt records,
+    logs and the sender processes' wire keep it (by value)."""
+
+    TIMEOUT = "timeout"
+    """No answer in time: the receiver's, the SMTP server's, or the attempt's own bound."""
+    CONNECT_ERROR = "connect_error"
+    """No connection (or no SMTP session) could be made."""
+    CONNECTION_CLOSED = "connection_closed"
+    """The other side closed the connection before answering in full."""
+    CLIENT_ERROR = "client_error"
+    """Any other failure of the client: its exception's type and text are the detail."""
+    PROTOCOL_ERROR = "protocol_error"
+    """The SMTP server's answer broke the protocol."""
+    BLOCKED = "blocked"
+    """The address guard refused the destination: dead at once, never retried."""
+    INVALID_MESSAGE = "invalid_message"
+    """The email could not be written as a valid message: a permanent refusal."""
+    UNSENDABLE = "unsendable"
+    """The email cannot be built as it stands (its template deleted or broken)."""
+
+    @property
+    def says_nothing_of_the_receiver(self) -> bool:
+        """True for a refusal made before anything reached the receiver (the guard's,
+        or an email that could not be built): it must not move the receiver's breaker."""
+        return self in _NOT_THE_RECEIVERS
+
+
+_NOT_THE_RECEIVERS = frozenset(
+    {ErrorClass.BLOCKED, ErrorClass.UNSENDABLE, ErrorClass.INVALID_MESSAGE}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,9 +51,8 @@ class Outcome:
 
     status: int | None
     """The HTTP status, or ``None`` when there was no response."""
-    error: str | None = None
-    """The error class when there was no response: ``"timeout"``, ``"connect_error"``,
-    ``"connection_closed"``, ``"blocked"``, ..."""
+    error: ErrorClass | None = None
+    """The error class when there was no response."""
     retry_after: str | None = None
     """The raw ``Retry-After`` header value, if the response had one."""
     detail: str | None = None

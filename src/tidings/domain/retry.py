@@ -9,7 +9,7 @@ The policy, in the order :func:`decide` applies it:
 * **Success** is a ``2xx`` answer and nothing else. A ``3xx`` is *not* success:
   redirects are not followed (a redirect could point the request anywhere, past
   the address guard), so it is retried like any other failure.
-* **Blocked**: an attempt the address guard refused (``error == "blocked"``, an
+* **Blocked**: an attempt the address guard refused (``ErrorClass.BLOCKED``, an
   SSRF refusal) is dead at once and never retried; the reason carries its detail.
 * **Rejected**: a refusal the channel marks as permanent (an SMTP ``5xx`` reply)
   is dead at once and never retried.
@@ -32,9 +32,11 @@ The policy, in the order :func:`decide` applies it:
   that has passed, or the next attempt would fall after it, the message is dead,
   *expired*, rather than retried.
 
-A dead :class:`Decision` always has a ``reason``, human-readable and starting with
-a stable prefix (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``,
-``rejected:``) that callers may match on.
+A dead :class:`Decision` always has a :class:`DeadReason` (its ``cause``) and a
+``reason``, human-readable, which that cause wrote: it starts with the cause's
+stable prefix (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``,
+``rejected:``), which is what is stored and shown; the cause itself is what code
+reads, so nothing parses the text again.
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from tidings.domain.outcome import Outcome
+from tidings.domain.outcome import ErrorClass, Outcome
 
 __all__ = [
     "DEFAULT_SCHEDULE",
     "JITTER",
     "MAX_SCHEDULE_DELAY",
     "MAX_SCHEDULE_LENGTH",
+    "DeadReason",
     "Decision",
     "Verdict",
     "decide",
@@ -94,6 +97,31 @@ class Verdict(StrEnum):
     DEAD = "dead"
 
 
+class DeadReason(StrEnum):
+    """Why a delivery died, by cause. The value is the stable prefix of the stored
+    ``dead_reason`` (which :meth:`because` writes) and the ``reason`` label of the
+    ``tidings_deliveries_dead`` metric."""
+
+    EXHAUSTED = "exhausted"
+    """Its last attempt failed."""
+    EXPIRED = "expired"
+    """It outlived its retention (or its endpoint's held retention)."""
+    GONE = "gone"
+    """Its endpoint answered ``410 Gone``."""
+    BLOCKED = "blocked"
+    """The address guard refused its destination."""
+    REJECTED = "rejected"
+    """The receiver refused it for good (an SMTP 5xx, an email that cannot be built)."""
+    DISABLED = "disabled"
+    """Its endpoint was disabled (after a 410) while it waited."""
+    DELETED = "deleted"
+    """Its endpoint was deleted while it waited."""
+
+    def because(self, detail: str) -> str:
+        """The stored reason: ``"expired: <detail>"``."""
+        return f"{self.value}: {detail}"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The policy's answer to one outcome."""
@@ -102,16 +130,30 @@ class Decision:
     next_attempt_at: datetime | None = None
     """When to try again; set for :attr:`Verdict.RETRY` only."""
     reason: str | None = None
-    """Why the message is dead; always set for :attr:`Verdict.DEAD`, with a stable prefix
-    (``expired:``, ``exhausted:``, ``gone:``, ``blocked:``, ``rejected:``)."""
+    """Why the message is dead, as stored and shown; always set for :attr:`Verdict.DEAD`,
+    written by its :attr:`cause` (see :meth:`DeadReason.because`)."""
     disable_endpoint: bool = False
     """True when the endpoint answered ``410 Gone`` and should be disabled."""
+    cause: DeadReason | None = None
+    """Why the message is dead, as code reads it; set for :attr:`Verdict.DEAD` only."""
 
     def __post_init__(self) -> None:
         if (self.verdict is Verdict.RETRY) != (self.next_attempt_at is not None):
             raise ValueError("next_attempt_at is required for RETRY and only for RETRY")
-        if self.verdict is Verdict.DEAD and not self.reason:
-            raise ValueError("a DEAD decision needs a reason")
+        if self.verdict is Verdict.DEAD and not (self.reason and self.cause):
+            raise ValueError("a DEAD decision needs a reason and its cause")
+        if self.verdict is not Verdict.DEAD and self.cause is not None:
+            raise ValueError("only a DEAD decision has a cause")
+
+    @classmethod
+    def dead(cls, cause: DeadReason, detail: str, *, disable_endpoint: bool = False) -> Decision:
+        """A DEAD decision whose reason ``cause`` writes from ``detail``."""
+        return cls(
+            Verdict.DEAD,
+            reason=cause.because(detail),
+            disable_endpoint=disable_endpoint,
+            cause=cause,
+        )
 
 
 def decide(
@@ -144,7 +186,7 @@ def decide(
 
     last = f"{attempt} attempt{'' if attempt == 1 else 's'}, last: {outcome.summary}"
     if attempt >= len(schedule):
-        return Decision(Verdict.DEAD, reason=f"exhausted: {last}")
+        return Decision.dead(DeadReason.EXHAUSTED, last)
 
     delay = timedelta(seconds=jittered(schedule[attempt], rng))
     if outcome.retry_after is not None:
@@ -154,9 +196,7 @@ def decide(
 
     next_attempt_at = now + delay
     if is_expired(created_at, now, retention) or next_attempt_at > created_at + retention:
-        return Decision(
-            Verdict.DEAD, reason=f"expired: older than {_human(retention)} after {last}"
-        )
+        return Decision.dead(DeadReason.EXPIRED, f"older than {_human(retention)} after {last}")
     return Decision(Verdict.RETRY, next_attempt_at=next_attempt_at)
 
 
@@ -164,16 +204,15 @@ def _final(outcome: Outcome) -> Decision | None:
     """The decision for an outcome that ends the delivery whatever the schedule says."""
     if outcome.succeeded:
         return Decision(Verdict.SUCCEEDED)
-    if outcome.error == "blocked":
-        detail = outcome.detail or "destination address refused"
-        return Decision(Verdict.DEAD, reason=f"blocked: {detail}")
+    if outcome.error == ErrorClass.BLOCKED:
+        return Decision.dead(DeadReason.BLOCKED, outcome.detail or "destination address refused")
     if outcome.permanent:
         # "rejected: SMTP 550 5.1.1 no such user", "rejected: unsendable: <why>"
         separator = " " if outcome.status is not None else ": "
         detail = f"{separator}{outcome.detail}" if outcome.detail else ""
-        return Decision(Verdict.DEAD, reason=f"rejected: {outcome.summary}{detail}")
+        return Decision.dead(DeadReason.REJECTED, f"{outcome.summary}{detail}")
     if outcome.status == 410 and outcome.protocol == "HTTP":
-        return Decision(Verdict.DEAD, reason="gone: endpoint answered 410", disable_endpoint=True)
+        return Decision.dead(DeadReason.GONE, "endpoint answered 410", disable_endpoint=True)
     return None
 
 

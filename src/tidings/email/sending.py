@@ -12,6 +12,11 @@ permanent refusal like any other fault of the template.
 An email that can never be sent as it stands (its template was deleted, or
 changed so a field is now missing) is a permanent refusal: the policy makes it
 dead at once, and its ``email.failed`` callback says why.
+
+:class:`EmailSender` is the :class:`~tidings.channels.base.Channel` of email
+lanes: :meth:`~EmailSender.deliver` makes the attempt, and
+:meth:`~EmailSender.settle` turns the policy's verdict into what the result
+records (:mod:`tidings.email.callback`).
 """
 
 from __future__ import annotations
@@ -23,17 +28,19 @@ from typing import Any
 
 import orjson
 
+from tidings.channels.base import Sent
 from tidings.channels.email import OutgoingEmail, SmtpChannel, message_id
 from tidings.channels.lookup import LookupOutcome, Lookups
-from tidings.channels.webhook import Sent
-from tidings.domain.models import Claimed, Endpoint, SinkEmail
-from tidings.domain.outcome import Outcome
+from tidings.domain.models import Claimed, EmailOutcome, Endpoint, SinkEmail
+from tidings.domain.outcome import ErrorClass, Outcome
+from tidings.domain.retry import Decision
 from tidings.email import templates
+from tidings.email.callback import TIMED_OUT, Choice, email_outcome
 from tidings.email.notices import BUILTIN_TEMPLATES
 from tidings.email.renderer import Renderer
 from tidings.email.stored import template_of
+from tidings.events import Bus, LookupDone
 from tidings.exceptions import InvalidInput
-from tidings.metrics import Metrics
 from tidings.store.ports import Store
 
 SINK_REPLY = "250 2.0.0 kept by the tidings mail sink"
@@ -42,12 +49,11 @@ TEMPLATES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class Choice:
-    """What was sent: the variant (None: the template's own content) and why."""
+class SentEmail(Sent):
+    """An email's attempt, with the variant it chose (which :meth:`EmailSender.settle`
+    records)."""
 
-    variant: str | None
-    reason: str
-    subject: str | None
+    choice: Choice
 
 
 class EmailSender:
@@ -55,7 +61,7 @@ class EmailSender:
         self,
         store: Store,
         lookups: Lookups,
-        metrics: Metrics,
+        events: Bus,
         *,
         smtp: SmtpChannel | None,
         sender: str,
@@ -67,7 +73,7 @@ class EmailSender:
         self.renderer = renderer or Renderer()
         """Compiles and renders every template, within its bounds; the API's too."""
         self._lookups = lookups
-        self._metrics = metrics
+        self._events = events
         self._smtp = smtp
         self._sender = sender
         self._domain = message_id_domain
@@ -102,19 +108,19 @@ class EmailSender:
         self._templates[(tenant_id, name)] = (now + TEMPLATE_TTL_S, template)
         return template
 
-    async def send(self, lane: Endpoint, job: Claimed, now: datetime) -> tuple[Sent, Choice]:
-        """Attempt the email of ``job``, claimed from the email lane ``lane``."""
+    async def deliver(self, endpoint: Endpoint, job: Claimed, now: datetime) -> SentEmail:
+        """Attempt the email of ``job``, claimed from the email lane ``endpoint``."""
         request = orjson.loads(job.payload)
-        tenant_id = lane.tenant_id
+        tenant_id = endpoint.tenant_id
         template = await self._template(tenant_id, request["template"])
         if template is None:
-            return _refused(f"the template {request['template']!r} was deleted"), _NONE
+            return _refused(f"the template {request['template']!r} was deleted")
         values: dict[str, Any] = {**request.get("personalisation", {}), "to": request["to"]}
         try:
             choice = await self._choose(tenant_id, template, values)
             content = await self.renderer.render(template, choice.variant, values)
         except InvalidInput as exc:
-            return _refused(exc.detail), _NONE
+            return _refused(exc.detail)
         choice = Choice(choice.variant, choice.reason, content.subject)
         email = OutgoingEmail(
             email_id=job.message_id,
@@ -126,7 +132,8 @@ class EmailSender:
             reference=request.get("reference"),
         )
         if self._smtp is not None:
-            return await self._smtp.send(email, now), choice
+            sent = await self._smtp.send(email, now)
+            return SentEmail(sent.outcome, sent.duration_ms, sent.excerpt, choice)
         await self._store.add_sink_email(
             SinkEmail(
                 email_id=email.email_id,
@@ -140,7 +147,14 @@ class EmailSender:
                 received_at=now,
             )
         )
-        return Sent(Outcome(250, protocol="SMTP"), 0.0, SINK_REPLY), choice
+        return SentEmail(Outcome(250, protocol="SMTP"), 0.0, SINK_REPLY, choice)
+
+    def settle(
+        self, endpoint: Endpoint, job: Claimed, sent: Sent, decision: Decision, now: datetime
+    ) -> EmailOutcome:
+        """What the email's result records, and its status callback once settled."""
+        choice = sent.choice if isinstance(sent, SentEmail) else TIMED_OUT
+        return email_outcome(endpoint, job, choice, decision, now)
 
     async def _choose(
         self, tenant_id: str, template: templates.Template, values: dict[str, Any]
@@ -156,7 +170,7 @@ class EmailSender:
             min(lookup.timeout_ms, self._lookup_budget_ms),
             template.variants.keys(),
         )
-        self._metrics.looked_up(template.name, result)
+        self._events.emit(LookupDone(template.name, result))
         if result.outcome is LookupOutcome.FOUND:
             return Choice(result.value, f"the lookup found {result.value!r}", None)
         if result.outcome is LookupOutcome.NOT_FOUND:
@@ -167,5 +181,6 @@ class EmailSender:
 _NONE = Choice(None, "not sent", None)
 
 
-def _refused(detail: str) -> Sent:
-    return Sent(Outcome(None, "unsendable", detail=detail, permanent=True), 0.0, None)
+def _refused(detail: str) -> SentEmail:
+    outcome = Outcome(None, ErrorClass.UNSENDABLE, detail=detail, permanent=True)
+    return SentEmail(outcome, 0.0, None, _NONE)

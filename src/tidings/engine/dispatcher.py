@@ -1,4 +1,4 @@
-"""The dispatcher: claims due deliveries fairly, sends them, writes results back.
+"""The dispatcher: claims due deliveries fairly, starts them in slots, writes results back.
 
 Each round it asks the store for due deliveries *per endpoint*, as many as
 fill that endpoint's window (``max_in_flight`` in flight plus as many ready to
@@ -18,6 +18,13 @@ change) or until the next retry or lease falls due; there is no polling delay.
 It reads that time from the store only when it does not know it: its own
 writes (a retry scheduled, a lease left to lapse) only move it earlier, and
 work that is due at once (new messages, replays) wakes it.
+
+The rest is not its own: an attempt (through the channel of its endpoint's
+kind, judged by the retry policy) is :mod:`tidings.engine.attempt`'s, the
+endpoints' circuit breakers are :mod:`tidings.engine.breakers`', and what
+happened is said on the event bus (:mod:`tidings.events`) for metrics and
+anyone else to hear. It reads one clock: the :class:`~tidings.clock.Clock` it
+is given, wall time for what is stored, its monotonic reading for pacing.
 """
 
 from __future__ import annotations
@@ -25,37 +32,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-import orjson
 import structlog
 
-from tidings.channels.webhook import Channel, Sent, WebhookRequest
+from tidings.channels.base import Channel
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.domain.alarms import DEFAULT as DEFAULT_POLICY
 from tidings.domain.circuit import Breaker, BreakerPolicy, CircuitState
-from tidings.domain.models import (
-    Attempt,
-    AttemptResult,
-    Claimed,
-    DeliveryState,
-    EmailOutcome,
-    Endpoint,
-    EndpointKind,
-    NewMessage,
-)
+from tidings.domain.models import AttemptResult, Claimed, Endpoint, EndpointKind
 from tidings.domain.outcome import Outcome
 from tidings.domain.ratelimit import TokenBucket
-from tidings.domain.retry import DEFAULT_SCHEDULE, Decision, Verdict, decide
-from tidings.email.notices import BUILTIN_TEMPLATES
-from tidings.email.sending import Choice, EmailSender
+from tidings.domain.retry import DeadReason
+from tidings.engine.attempt import Attempts
 from tidings.engine.batcher import Batcher
-from tidings.ids import ATTEMPT, new_id
-from tidings.metrics import Metrics
+from tidings.engine.breakers import Breakers
+from tidings.events import Bus, DeliveriesEnded
 from tidings.store.ports import Store
 
 log = structlog.get_logger(__name__)
@@ -66,31 +61,21 @@ IDLE_WAKEUP_S = 5.0  # a safety net: re-read the store at least this often when 
 # while its deliveries wait: other workers' attempts end unannounced.
 CAPPED_RETRY_S = 0.05
 
-_STATE_OF = {
-    Verdict.SUCCEEDED: DeliveryState.SUCCEEDED,
-    Verdict.RETRY: DeliveryState.PENDING,
-    Verdict.DEAD: DeliveryState.DEAD,
-}
-
 
 class Dispatcher:
     def __init__(
         self,
         store: Store,
-        channel: Channel,
+        channels: Mapping[EndpointKind, Channel],
         settings: Settings,
-        metrics: Metrics,
+        events: Bus,
         clock: Clock,
         rng: random.Random | None = None,
-        emails: EmailSender | None = None,
     ) -> None:
         self._store = store
-        self._channel = channel
-        self._emails = emails
         self._settings = settings
-        self._metrics = metrics
+        self._events = events
         self._clock = clock
-        self._rng = rng or random.Random()
         self._wakeup = asyncio.Event()
         self._endpoints: dict[str, Endpoint] = {}
         self._endpoints_read_at = -1e9
@@ -101,10 +86,10 @@ class Dispatcher:
         self._throttled: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._rotation = itertools.count()
-        self._breakers: dict[str, Breaker] = {}
-        # When this process last changed each breaker: a later change in the store is
-        # another process's (or a resumption's), and is taken over.
-        self._breaker_changed: dict[str, datetime] = {}
+        self._breakers = Breakers(clock, self._breaker_policy)
+        self._attempts = Attempts(
+            channels, settings, clock, events, rng or random.Random(), self._record_health
+        )
         self._handed_back: list[Claimed] = []  # claimed, not to be sent: back to pending
         self._capped = False  # the last claim was held back by a store-wide cap
         # The earliest future time a retry falls due or a lease runs out, when known.
@@ -169,11 +154,12 @@ class Dispatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _refresh_endpoints(self) -> None:
-        if time.monotonic() - self._endpoints_read_at < ENDPOINT_REFRESH_S:
+        if self._clock.monotonic() - self._endpoints_read_at < ENDPOINT_REFRESH_S:
             return
         self._endpoints = {ep.id: ep for ep in await self._store.active_endpoints()}
-        self._endpoints_read_at = time.monotonic()
-        self._adopt_breakers(await self._store.breakers())
+        self._endpoints_read_at = self._clock.monotonic()
+        if self._breakers.adopt(await self._store.breakers()):
+            self.wake()
         gone = [
             job for e in list(self._ready) if e not in self._endpoints for job in self._ready.pop(e)
         ]
@@ -200,8 +186,12 @@ class Dispatcher:
             ready = len(self._ready[endpoint_id])
             if ready > endpoint.max_in_flight // 2:
                 continue
-            take = 2 * endpoint.max_in_flight - self._in_flight[endpoint_id] - ready
-            take = min(take, self._breaker_room(endpoint_id))
+            in_flight = self._in_flight[endpoint_id]
+            take = 2 * endpoint.max_in_flight - in_flight - ready
+            room, probe_at = self._breakers.room(endpoint_id, busy=in_flight + ready)
+            if probe_at is not None:
+                self._expect(probe_at)
+            take = min(take, room)
             bucket = self._bucket(endpoint, now)
             if bucket:
                 take = min(take, bucket.available(now) - ready)
@@ -211,39 +201,9 @@ class Dispatcher:
                 free_total -= take
         return slots
 
-    def _adopt_breakers(self, stored: dict[str, tuple[Breaker, datetime]]) -> None:
-        """Take the store's breakers that changed after this process last changed its
-        own: another process (or a resumption) closed or opened them since. The
-        counts that open a closed breaker stay this process's own."""
-        for endpoint_id, (breaker, changed_at) in stored.items():
-            mine = self._breakers.get(endpoint_id, Breaker())
-            if _same_period(mine, breaker):
-                continue  # this process's own change, or one it already knows
-            known = self._breaker_changed.get(endpoint_id)
-            if known is None or changed_at > known:
-                self._breakers[endpoint_id] = breaker
-                self._breaker_changed[endpoint_id] = changed_at
-                if breaker.state is CircuitState.CLOSED:
-                    self.wake()
-
     def _breaker_policy(self, endpoint_id: str) -> BreakerPolicy:
         endpoint = self._endpoints.get(endpoint_id)
         return (endpoint.policy if endpoint else DEFAULT_POLICY).breaker
-
-    def _breaker_room(self, endpoint_id: str) -> int:
-        """How many deliveries the endpoint's breaker lets the dispatcher claim now:
-        any while it is closed, none while it is open, one (the probe) once the
-        cool-down has passed. An endpoint behind an open breaker gets no attempts,
-        so its deliveries wait as they are, spending none of their retries."""
-        breaker = self._breakers.get(endpoint_id)
-        if breaker is None or breaker.state is CircuitState.CLOSED:
-            return 1 << 30
-        busy = self._in_flight[endpoint_id] + len(self._ready[endpoint_id])
-        policy = self._breaker_policy(endpoint_id)
-        allowed, _ = breaker.allows(policy, self._clock.now())
-        if not allowed:
-            self._expect(breaker.retry_at(policy))
-        return 1 if allowed and not busy else 0
 
     def _start(self, endpoint_id: str) -> None:
         """Start ready deliveries of ``endpoint_id`` while it has free slots and tokens."""
@@ -251,7 +211,7 @@ class Dispatcher:
         queue = self._ready.get(endpoint_id)
         if endpoint is None or not queue:
             return
-        tick = time.monotonic()
+        tick = self._clock.monotonic()
         bucket = self._bucket(endpoint, tick)
         # A job must be able to finish inside its lease, or a claim after the lease
         # ends could send it a second time: older ones are left to lapse.
@@ -262,7 +222,7 @@ class Dispatcher:
             if bucket and bucket.available(tick) < 1:
                 self._throttled.add(endpoint_id)
                 return
-            if not self._breaker_lets_one_go(endpoint_id):
+            if not self._breakers.lets_one_go(endpoint_id):
                 # Claimed before the breaker opened: back to pending, as they were.
                 self._handed_back.extend(queue)
                 queue.clear()
@@ -281,14 +241,6 @@ class Dispatcher:
             task.add_done_callback(self._tasks.discard)
         self._throttled.discard(endpoint_id)
 
-    def _breaker_lets_one_go(self, endpoint_id: str) -> bool:
-        breaker = self._breakers.get(endpoint_id)
-        if breaker is None or breaker.state is CircuitState.CLOSED:
-            return True
-        policy = self._breaker_policy(endpoint_id)
-        allowed, self._breakers[endpoint_id] = breaker.allows(policy, self._clock.now())
-        return allowed
-
     def _bucket(self, endpoint: Endpoint, now: float) -> TokenBucket | None:
         rate = endpoint.rate_limit_per_s
         if not rate:
@@ -306,7 +258,7 @@ class Dispatcher:
             except BaseException:
                 self._handed_back.extend(waiting)  # to be handed back at the next round
                 raise
-        slots = self._slots(time.monotonic())
+        slots = self._slots(self._clock.monotonic())
         self._capped = False
         if not slots:
             return 0
@@ -328,7 +280,7 @@ class Dispatcher:
         now = self._clock.now()
         timeout = CAPPED_RETRY_S if self._capped else IDLE_WAKEUP_S
         if self._throttled:
-            tick = time.monotonic()
+            tick = self._clock.monotonic()
             timeout = min(timeout, *(self._buckets[e].wait(tick) for e in self._throttled))
             for endpoint_id in list(self._throttled):
                 self._start(endpoint_id)
@@ -338,12 +290,9 @@ class Dispatcher:
         due = self._due
         if due is not None:
             timeout = min(timeout, max((due - now).total_seconds(), 0.0))
-        for endpoint_id, breaker in self._breakers.items():
-            # A breaker whose wait is over lets its probe go with the next claim that
-            # finds work for it; only one still waiting needs waking up for.
-            retry_at = breaker.retry_at(self._breaker_policy(endpoint_id))
-            if retry_at is not None and retry_at > now:
-                timeout = min(timeout, (retry_at - now).total_seconds())
+        probe_in = self._breakers.next_probe_in(now)
+        if probe_in is not None:
+            timeout = min(timeout, probe_in)
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the wait ends, and shutdown would hang.
@@ -361,7 +310,7 @@ class Dispatcher:
     async def _deliver(self, job: Claimed) -> None:
         try:
             endpoint = self._endpoints[job.endpoint_id]
-            result = await self._attempt(endpoint, job)
+            result = await self._attempts.run(endpoint, job)
             await self.results.submit(result)
         except Exception:
             # The lease runs out and the delivery is claimed again: nothing is lost.
@@ -373,94 +322,18 @@ class Dispatcher:
             self._start(job.endpoint_id)
             self.wake()
 
-    async def _send(
-        self, endpoint: Endpoint, job: Claimed, started_at: datetime
-    ) -> tuple[Sent, Choice | None]:
-        """One attempt, bounded by the request timeout whatever it does: a job is
-        started only with that much of its lease left (see ``_start``), so an attempt
-        that ran on could be claimed and sent again while it is still running. An
-        email's attempt (lookup, SMTP pool, SMTP commands) has no other such bound."""
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self._settings.request_timeout.total_seconds()):
-                if endpoint.kind is EndpointKind.EMAIL:
-                    assert self._emails is not None, "an email lane needs the email sender"
-                    return await self._emails.send(endpoint, job, started_at)
-                request = WebhookRequest.of(endpoint, job, started_at)
-                return await self._channel.send(request, started_at), None
-        except TimeoutError:
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-            outcome = Outcome(None, "timeout", detail="the attempt outlasted the request timeout")
-            choice = Choice(None, "not sent: the attempt timed out", None)
-            return Sent(outcome, elapsed_ms, None), (
-                choice if endpoint.kind is EndpointKind.EMAIL else None
-            )
-
-    async def _attempt(self, endpoint: Endpoint, job: Claimed) -> AttemptResult:
-        started_at = self._clock.now()
-        sent, choice = await self._send(endpoint, job, started_at)
-        now = self._clock.now()
-        number = job.attempts + 1
-        decision = decide(
-            sent.outcome,
-            attempt=job.attempt_in_round,
-            created_at=job.created_at,
-            now=now,
-            schedule=endpoint.retry_schedule or DEFAULT_SCHEDULE,
-            retention=self._settings.retention,
-            retry_after_max=self._settings.retry_after_max,
-            rng=self._rng,
-        )
-        self._metrics.attempted(
-            endpoint.id, sent.outcome, decision, sent.duration_ms, job.message_created_at, now
-        )
-        breaker = self._record_health(endpoint.id, sent.outcome, now)
-        _log_outcome(endpoint, job, number, sent.outcome.summary, decision)
-        attempt = Attempt(
-            id=new_id(ATTEMPT),
-            delivery_id=job.delivery_id,
-            number=number,
-            started_at=started_at,
-            duration_ms=sent.duration_ms,
-            status_code=sent.outcome.status,
-            error=_error_text(sent.outcome),
-            response_excerpt=sent.excerpt,
-        )
-        return AttemptResult(
-            delivery_id=job.delivery_id,
-            endpoint_id=endpoint.id,
-            attempt=attempt,
-            state=_STATE_OF[decision.verdict],
-            next_attempt_at=decision.next_attempt_at,
-            dead_reason=decision.reason,
-            lease_until=job.lease_until,
-            disable_endpoint=decision.disable_endpoint,
-            email=None if choice is None else _email_outcome(endpoint, job, choice, decision, now),
-            breaker=breaker,
-        )
-
     def _record_health(self, endpoint_id: str, outcome: Outcome, now: datetime) -> Breaker | None:
-        """Feed an attempt's outcome to its endpoint's breaker; the breaker if its state
-        changed (the result writes it to the store). An answer, even a refusal for
-        good (an SMTP 5xx for one recipient), is a server that is up; a failure
-        status, a timeout or a refused connection is not; an address the guard
-        refused or an email that could not be built says nothing."""
-        if outcome.error in ("blocked", "unsendable", "invalid_message"):
+        """Feed an attempt's outcome to its endpoint's breaker (see
+        :meth:`Breakers.record`) and act on a change: an opened breaker's endpoint
+        gets nothing more until its probe, a closed one's gets going again."""
+        after = self._breakers.record(endpoint_id, outcome, now)
+        if after is None:
             return None
-        policy = self._breaker_policy(endpoint_id)
-        before = self._breakers.get(endpoint_id, Breaker())
-        after = before.record(policy, outcome.succeeded or outcome.permanent, now)
-        self._breakers[endpoint_id] = after
-        if after.state is before.state:
-            return None
-        self._breaker_changed[endpoint_id] = now
         if after.state is CircuitState.OPEN:
-            log.warning("breaker_opened", endpoint_id=endpoint_id, retry_at=after.retry_at())
-            self._expect(after.retry_at(policy))
+            self._expect(self._breakers.retry_at(endpoint_id))
             # What waits to be sent to it goes back to pending, as it was.
             self._handed_back.extend(self._ready.pop(endpoint_id, ()))
         elif after.state is CircuitState.CLOSED:
-            log.info("breaker_closed", endpoint_id=endpoint_id)
             self.wake()
         return after
 
@@ -469,7 +342,7 @@ class Dispatcher:
         for result in results:
             self._expect(result.next_attempt_at)
         if ended:
-            self._metrics.ended("disabled", ended)
+            self._events.emit(DeliveriesEnded(DeadReason.DISABLED, ended))
         gone = {r.endpoint_id for r in results if r.disable_endpoint}
         for endpoint_id in gone:
             # Start nothing more for it; the refresh hands its ready queue back.
@@ -477,65 +350,3 @@ class Dispatcher:
         if gone:
             self.endpoints_changed()
         return [None] * len(results)
-
-
-def _same_period(a: Breaker, b: Breaker) -> bool:
-    """Whether two breakers are in the same closed or open period (half-open is part
-    of the open period it ends)."""
-    closed = CircuitState.CLOSED
-    return (a.state is closed) == (b.state is closed) and a.opened_at == b.opened_at
-
-
-def _email_outcome(
-    lane: Endpoint, job: Claimed, choice: Choice, decision: Decision, now: datetime
-) -> EmailOutcome:
-    """What an email's attempt records, and its status callback once its fate is settled:
-    ``email.delivered`` (the SMTP server accepted it) or ``email.failed``."""
-    delivered = decision.verdict is Verdict.SUCCEEDED
-    callback = None
-    request = None if decision.verdict is Verdict.RETRY else orjson.loads(job.payload)
-    # tidings' own emails (owner notices) are not the tenant's: no callback for them.
-    if request is not None and request["template"] not in BUILTIN_TEMPLATES:
-        status = "delivered" if delivered else "failed"
-        event = {
-            "id": job.message_id,
-            "reference": request.get("reference"),
-            "to": request["to"],
-            "status": status,
-            "time": now,
-            "variant": choice.variant,
-            "reason": decision.reason,
-        }
-        payload = orjson.dumps(event, option=orjson.OPT_UTC_Z)
-        callback = NewMessage(lane.tenant_id, f"email.{status}", payload, None, "")
-    return EmailOutcome(
-        email_id=job.message_id,
-        variant=choice.variant,
-        variant_reason=choice.reason,
-        subject=choice.subject,
-        sent_at=now if delivered else None,
-        callback=callback,
-    )
-
-
-def _error_text(outcome: Outcome) -> str | None:
-    """What the attempt record keeps of an error: its class and, if known, the detail."""
-    if outcome.error is None:
-        return None
-    return f"{outcome.error}: {outcome.detail}" if outcome.detail else outcome.error
-
-
-def _log_outcome(
-    endpoint: Endpoint, job: Claimed, number: int, summary: str, decision: Decision
-) -> None:
-    log.info(
-        "attempt",
-        delivery_id=job.delivery_id,
-        message_id=job.message_id,
-        endpoint_id=endpoint.id,
-        attempt=number,
-        result=summary,
-        verdict=decision.verdict.value,
-        next_attempt_at=decision.next_attempt_at.isoformat() if decision.next_attempt_at else None,
-        reason=decision.reason,
-    )

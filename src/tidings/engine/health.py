@@ -32,15 +32,17 @@ import orjson
 import structlog
 
 from tidings import ids
-from tidings.channels.webhook import Channel, WebhookRequest
+from tidings.channels.webhook import WebhookRequest, WebhookTransport
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.domain.alarms import DEFAULT, MAX_WINDOW_S, Assessment, assess
 from tidings.domain.models import Endpoint, EndpointKind, Suspension
-from tidings.email.notices import LAST_ERRORS, Facts, notice
+from tidings.domain.notices import Facts, NoticeKind
+from tidings.domain.retry import DeadReason
+from tidings.email.notices import LAST_ERRORS, notice
 from tidings.engine.dispatcher import Dispatcher
+from tidings.events import Bus, DeliveriesEnded, HeldCounted, NoticeSent
 from tidings.exceptions import Conflict, NotFound
-from tidings.metrics import Metrics
 from tidings.store.ports import Store
 
 log = structlog.get_logger(__name__)
@@ -66,21 +68,21 @@ class HealthMonitor:
         self,
         store: Store,
         dispatcher: Dispatcher,
-        channel: Channel,
-        metrics: Metrics,
+        channel: WebhookTransport,
+        events: Bus,
         clock: Clock,
         settings: Settings,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._channel = channel
-        self._metrics = metrics
+        self._events = events
         self._clock = clock
         self._settings = settings
         self._probing: dict[str, _Probing] = {}
         # (endpoint, URL, kind) -> when its last deduplicated notice went: a warning that
         # lasts is checked against this, not the store, every round.
-        self._noticed: dict[tuple[str, str, str], datetime | None] = {}
+        self._noticed: dict[tuple[str, str, NoticeKind], datetime | None] = {}
         self._pruned_at: datetime | None = None
 
     # the periodic evaluation ---------------------------------------------------------
@@ -99,15 +101,15 @@ class HealthMonitor:
         await self._probe(suspended, now)
         await self._expire_held(now)
         held = await self._store.held_counts()
-        self._metrics.set_endpoints_held(held, (e.id for e in suspended))
+        self._events.emit(HeldCounted(held, frozenset(e.id for e in suspended)))
         if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
             await self._store.prune_minutes(now - timedelta(seconds=MAX_WINDOW_S) - PRUNE_EVERY)
             self._pruned_at = now
 
     async def _act(self, endpoint: Endpoint, verdict: Assessment, now: datetime) -> None:
-        if verdict.warning and await self._may_notify("warning", endpoint, now):
+        if verdict.warning and await self._may_notify(NoticeKind.WARNING, endpoint, now):
             facts = await self._facts(endpoint, verdict, now)
-            await self._notify("warning", endpoint, facts, now, dedupe=True)
+            await self._notify(NoticeKind.WARNING, endpoint, facts, now, dedupe=True)
         if not verdict.critical:
             return
         if endpoint.policy.suspend == "auto":
@@ -115,11 +117,11 @@ class HealthMonitor:
                 await self.suspend(
                     endpoint, f"critical alarm: {verdict.reason}", BY_TIDINGS, verdict
                 )
-        elif await self._may_notify("critical", endpoint, now):
+        elif await self._may_notify(NoticeKind.CRITICAL, endpoint, now):
             facts = await self._facts(endpoint, verdict, now)
-            await self._notify("critical", endpoint, facts, now, dedupe=True)
+            await self._notify(NoticeKind.CRITICAL, endpoint, facts, now, dedupe=True)
 
-    async def _may_notify(self, kind: str, endpoint: Endpoint, now: datetime) -> bool:
+    async def _may_notify(self, kind: NoticeKind, endpoint: Endpoint, now: datetime) -> bool:
         """Whether no notice of ``kind`` about the endpoint's URL went out within
         :data:`NOTICE_EVERY` (as far as this process knows: the notice's own
         transaction checks again)."""
@@ -149,7 +151,7 @@ class HealthMonitor:
         )
 
     async def _notify(
-        self, kind: str, endpoint: Endpoint, facts: Facts, now: datetime, *, dedupe: bool
+        self, kind: NoticeKind, endpoint: Endpoint, facts: Facts, now: datetime, *, dedupe: bool
     ) -> bool:
         """Send the owner the notice of ``kind`` and publish its event; with ``dedupe``,
         not if one was sent for the endpoint's URL within :data:`NOTICE_EVERY`."""
@@ -163,9 +165,7 @@ class HealthMonitor:
         if not published_now:
             return False
         log.warning("endpoint_notice", kind=kind, endpoint_id=endpoint.id, reason=facts.reason)
-        self._metrics.notices.labels(kind).inc()
-        if kind in ("warning", "critical"):
-            self._metrics.alarms.labels(kind).inc()
+        self._events.emit(NoticeSent(kind, endpoint.id))
         # The email (and the event's deliveries) are due now; the email may have made
         # the tenant's email lane, which the dispatcher has not seen yet.
         self._dispatcher.endpoints_changed()
@@ -192,7 +192,7 @@ class HealthMonitor:
         )
         facts = await self._facts(endpoint, verdict, now, held)
         facts = replace(facts, reason=reason, by=by)
-        await self._notify("suspended", endpoint, facts, now, dedupe=False)
+        await self._notify(NoticeKind.SUSPENDED, endpoint, facts, now, dedupe=False)
         return suspension
 
     async def resume(self, endpoint: Endpoint, by: str) -> tuple[Suspension, int]:
@@ -210,7 +210,7 @@ class HealthMonitor:
         self._probing.pop(endpoint.id, None)
         self._dispatcher.schedule_changed()
         facts = replace(before, reason=f"resumed by {by}", held=drained, drained=drained, by=by)
-        await self._notify("resumed", endpoint, facts, now, dedupe=False)
+        await self._notify(NoticeKind.RESUMED, endpoint, facts, now, dedupe=False)
         return suspension, drained
 
     async def _probe(self, suspended: list[Endpoint], now: datetime) -> None:
@@ -259,11 +259,11 @@ class HealthMonitor:
 
     async def _expire_held(self, now: datetime) -> None:
         retention = self._settings.held_retention
-        reason = f"expired: held for longer than {_days(retention)}"
+        reason = DeadReason.EXPIRED.because(f"held for longer than {_days(retention)}")
         expired = await self._store.expire_held(now - retention, reason, now)
         if expired:
             log.warning("held_deliveries_expired", count=expired)
-            self._metrics.ended("expired", expired)
+            self._events.emit(DeliveriesEnded(DeadReason.EXPIRED, expired))
 
 
 def _days(span: timedelta) -> str:

@@ -37,7 +37,6 @@ from tidings.domain.models import (
     EndpointHealth,
     MessageDetail,
     NewMessage,
-    Notice,
     Page,
     ReplaySelector,
     SinkEmail,
@@ -45,6 +44,7 @@ from tidings.domain.models import (
     Suspension,
     Tenant,
 )
+from tidings.domain.notices import Notice
 from tidings.exceptions import Conflict
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from tidings.domain.circuit import CircuitState
 from tidings.domain.models import Claimed, DeliveryState, EndpointState
+from tidings.domain.retry import DeadReason
 from tidings.store.ports import Change
 from tidings.store.sql.core import SqlCore, reads, writes
 from tidings.store.sql.hot import DISABLED
@@ -23,7 +24,7 @@ from tidings.store.sql.schema import breakers, deliveries, endpoints
 
 _d = deliveries
 
-DELETED = "deleted: the endpoint was deleted"
+DELETED = DeadReason.DELETED.because("the endpoint was deleted")
 
 # Only a delivery still in flight under the lease it was claimed with goes back:
 # one whose lease ran out (and was perhaps claimed again) is left alone.

@@ -12,7 +12,8 @@ from sqlalchemy import insert
 from tidings.domain import fanout
 from tidings.domain.alarms import Minute
 from tidings.domain.circuit import Breaker
-from tidings.domain.models import Accepted, EndpointHealth, NewMessage, Notice, Suspension
+from tidings.domain.models import Accepted, EndpointHealth, NewMessage, Suspension
+from tidings.domain.notices import Notice
 from tidings.store.ports import Change
 from tidings.store.sql import health
 from tidings.store.sql.core import SqlCore, reads, writes

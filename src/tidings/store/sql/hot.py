@@ -16,11 +16,12 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from tidings.domain.models import AttemptResult, DeliveryState, EndpointState
+from tidings.domain.retry import DeadReason
 from tidings.store.sql.health import breaker_row, minute_rows
 from tidings.store.sql.schema import to_micros
 
 GONE = "the endpoint answered 410 Gone"
-DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
+DISABLED = DeadReason.DISABLED.because("the endpoint was disabled after answering 410 Gone")
 
 
 class Cursor(Protocol):
