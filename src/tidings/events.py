@@ -23,7 +23,7 @@ from datetime import datetime
 
 import structlog
 
-from tidings.channels.lookup import LookupResult
+from tidings.domain.lookup import LookupResult
 from tidings.domain.notices import NoticeKind
 from tidings.domain.outcome import Outcome
 from tidings.domain.retry import DeadReason, Decision

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult
+from tidings.domain.lookup import LookupOutcome, LookupReason, LookupResult
 from tidings.domain.models import DeliveryState
 from tidings.domain.notices import NoticeKind
 from tidings.domain.retry import DeadReason, Verdict
@@ -172,12 +172,13 @@ class Metrics:
             return
         self._templates.add(template)
         for outcome in LookupOutcome:
-            for reason in LOOKUP_REASONS if outcome is LookupOutcome.ERROR else ("",):
-                self.lookups.labels(template, outcome.value, reason)
+            reasons = LookupReason if outcome is LookupOutcome.ERROR else (LookupReason.NONE,)
+            for reason in reasons:
+                self.lookups.labels(template, outcome.value, reason.value)
 
     def _looked_up(self, template: str, result: LookupResult) -> None:
         self.template_known(template)
-        self.lookups.labels(template, result.outcome.value, result.reason).inc()
+        self.lookups.labels(template, result.outcome.value, result.reason.value).inc()
 
     def accepted(self, *, replayed: bool) -> None:
         self.messages.labels("true" if replayed else "false").inc()

@@ -3,7 +3,7 @@
 Before sending, the email worker may fetch a URL (a CRM, say) and pick the
 template variant named by one field of the JSON answer. :meth:`Lookups.fetch`
 never raises for anything the network or the answer did: every failure is an
-:attr:`LookupOutcome.ERROR` result with a ``reason`` from :data:`LOOKUP_REASONS`,
+:attr:`LookupOutcome.ERROR` result with a :class:`LookupReason`,
 the caller sends the default variant, and one ``lookup_fallback`` warning is
 logged.
 
@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
-from enum import StrEnum
 
 import aiohttp
 import orjson
@@ -45,12 +43,14 @@ from tidings import __version__
 from tidings.channels.ssrf import GuardedResolver, SsrfGuard
 from tidings.clock import Clock
 from tidings.domain.circuit import Breaker, BreakerPolicy
+from tidings.domain.lookup import LOOKUP_REASONS, LookupOutcome, LookupReason, LookupResult
 from tidings.exceptions import AddressBlocked
 
 __all__ = [
     "BREAKERS_KEPT",
     "LOOKUP_REASONS",
     "LookupOutcome",
+    "LookupReason",
     "LookupResult",
     "Lookups",
     "parse_pointer",
@@ -58,20 +58,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-LOOKUP_REASONS: tuple[str, ...] = (
-    "",
-    "connect_error",
-    "timeout",
-    "status",
-    "not_json",
-    "missing_field",
-    "wrong_type",
-    "too_large",
-    "blocked",
-    "breaker_open",
-)
-"""Every ``reason`` a :class:`LookupResult` can carry (``""`` unless an error)."""
 
 BREAKERS_KEPT = 10_000
 """The most keys whose breaker is remembered; the least recently used go first."""
@@ -89,29 +75,10 @@ _INDEX_MAX_DIGITS = 18  # longer ones are beyond any list orjson can build
 _DETAIL_VALUE_CHARS = 100
 
 
-class LookupOutcome(StrEnum):
-    FOUND = "found"
-    NOT_FOUND = "not_found"
-    ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class LookupResult:
-    """What a lookup found, or why it found nothing."""
-
-    outcome: LookupOutcome
-    reason: str
-    """One of :data:`LOOKUP_REASONS`; ``""`` unless :attr:`LookupOutcome.ERROR`."""
-    value: str | None
-    """The selected value as a string; ``None`` on error."""
-    detail: str
-    """Human text for logs and the email's "why this variant" record."""
-
-
 class _Fallback(Exception):
     """Ends an attempt with an error result; never leaves this module."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: LookupReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -173,7 +140,7 @@ class Lookups:
             self._keep(key, self._breaker(key).record(self._policy, succeeded, self._clock.now()))
         else:
             result = _error(
-                "breaker_open",
+                LookupReason.BREAKER_OPEN,
                 "lookup skipped: its circuit breaker is open after repeated failures",
             )
         if result.outcome is LookupOutcome.ERROR:
@@ -200,7 +167,7 @@ class Lookups:
         try:
             tokens = parse_pointer(select)
         except ValueError as exc:
-            return _error("missing_field", str(exc))
+            return _error(LookupReason.MISSING_FIELD, str(exc))
         try:
             body = await self._download(session, url, timeout_ms)
             return _select(body, select, tokens, variants)
@@ -214,24 +181,28 @@ class Lookups:
             async with asyncio.timeout(timeout_ms / 1000):
                 return await self._get(session, target)
         except AddressBlocked as exc:
-            raise _Fallback("blocked", exc.detail) from exc
+            raise _Fallback(LookupReason.BLOCKED, exc.detail) from exc
         except TimeoutError as exc:
-            raise _Fallback("timeout", f"lookup timed out after {timeout_ms} ms") from exc
+            raise _Fallback(
+                LookupReason.TIMEOUT, f"lookup timed out after {timeout_ms} ms"
+            ) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             # ValueError: a URL yarl or the IDNA codec cannot make sense of.
             detail = f"lookup could not connect: {type(exc).__name__}: {exc}"
-            raise _Fallback("connect_error", detail) from exc
+            raise _Fallback(LookupReason.CONNECT_ERROR, detail) from exc
 
     async def _get(self, session: aiohttp.ClientSession, url: URL) -> bytes:
         async with session.get(url, headers=_HEADERS, allow_redirects=False) as response:
             if response.status != 200:
-                raise _Fallback("status", f"lookup answered HTTP {response.status}, not 200")
+                raise _Fallback(
+                    LookupReason.STATUS, f"lookup answered HTTP {response.status}, not 200"
+                )
             length = response.content_length
             if length is not None and length > self._max_bytes:
-                raise _Fallback("too_large", self._too_large(f"Content-Length {length}"))
+                raise _Fallback(LookupReason.TOO_LARGE, self._too_large(f"Content-Length {length}"))
             body = await _read_at_most(response.content, self._max_bytes + 1)
             if len(body) > self._max_bytes:
-                raise _Fallback("too_large", self._too_large("the body"))
+                raise _Fallback(LookupReason.TOO_LARGE, self._too_large("the body"))
             return body
 
     def _too_large(self, what: str) -> str:
@@ -257,30 +228,32 @@ def _select(
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise _Fallback("not_json", f"lookup answer is not JSON: {exc}") from exc
+        raise _Fallback(LookupReason.NOT_JSON, f"lookup answer is not JSON: {exc}") from exc
     try:
         found = resolve_pointer(document, tokens)
     except LookupError as exc:
-        raise _Fallback("missing_field", f"lookup answer has nothing at {select!r}") from exc
+        raise _Fallback(
+            LookupReason.MISSING_FIELD, f"lookup answer has nothing at {select!r}"
+        ) from exc
     value = _as_text(found)
     if value is None:
         kind = _json_kind(found)
         detail = f"lookup answer at {select!r} is {kind}, not a string, number or boolean"
-        raise _Fallback("wrong_type", detail)
+        raise _Fallback(LookupReason.WRONG_TYPE, detail)
     shown = _shown(value)
     if value in variants:
         return LookupResult(
-            LookupOutcome.FOUND, "", value, f"lookup answered {shown} at {select!r}"
+            LookupOutcome.FOUND, LookupReason.NONE, value, f"lookup answered {shown} at {select!r}"
         )
     return LookupResult(
         LookupOutcome.NOT_FOUND,
-        "",
+        LookupReason.NONE,
         value,
         f"lookup answered {shown} at {select!r}, which names no variant",
     )
 
 
-def _error(reason: str, detail: str) -> LookupResult:
+def _error(reason: LookupReason, detail: str) -> LookupResult:
     return LookupResult(LookupOutcome.ERROR, reason, None, detail)
 
 
