@@ -66,7 +66,9 @@ class Bus:
                 subscriber(event)
             except Exception:
                 log.exception(
-                    "event_subscriber_failed", event=type(event).__name__, subscriber=subscriber
+                    "event_subscriber_failed",
+                    kind=type(event).__name__,
+                    subscriber=repr(subscriber),
                 )
 
 
