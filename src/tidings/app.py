@@ -113,6 +113,7 @@ class Tidings:
             sender=settings.email_from,
             message_id_domain=_domain(settings.email_from),
             lookup_budget_s=settings.request_timeout.total_seconds() / 2,
+            clock=self.clock,
         )
         # One channel per endpoint kind: the engine never asks which kind it holds.
         channels: dict[EndpointKind, Channel] = {

@@ -21,7 +21,6 @@ records (:mod:`tidings.email.callback`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +30,7 @@ import orjson
 from tidings.channels.base import Sent
 from tidings.channels.email import OutgoingEmail, SmtpChannel, message_id
 from tidings.channels.lookup import LookupOutcome, Lookups
+from tidings.clock import Clock, SystemClock
 from tidings.domain.models import Claimed, EmailOutcome, Endpoint, SinkEmail
 from tidings.domain.outcome import ErrorClass, Outcome
 from tidings.domain.retry import Decision
@@ -68,8 +68,10 @@ class EmailSender:
         message_id_domain: str,
         lookup_budget_s: float,
         renderer: Renderer | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
+        self._clock = clock or SystemClock()
         self.renderer = renderer or Renderer()
         """Compiles and renders every template, within its bounds; the API's too."""
         self._lookups = lookups
@@ -97,7 +99,7 @@ class EmailSender:
         made through another process takes effect within that time."""
         if name in BUILTIN_TEMPLATES:
             return BUILTIN_TEMPLATES[name]
-        now = time.monotonic()
+        now = self._clock.monotonic()
         cached = self._templates.get((tenant_id, name))
         if cached is not None and cached[0] > now:
             return cached[1]
