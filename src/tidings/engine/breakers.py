@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 ANY = 1 << 30
 """The room of a closed breaker: no limit of its own."""
+_CLOSED_ROOM: tuple[int, None] = (ANY, None)
 
 
 class Breakers:
@@ -65,7 +66,7 @@ class Breakers:
         probe go (to wake up for), else None."""
         breaker = self._breakers.get(endpoint_id)
         if breaker is None or breaker.state is CircuitState.CLOSED:
-            return ANY, None
+            return _CLOSED_ROOM
         policy = self._policy_of(endpoint_id)
         allowed, _ = breaker.allows(policy, self._clock.now())
         if not allowed:
