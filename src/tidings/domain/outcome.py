@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
-__all__ = ["ErrorClass", "Outcome"]
+__all__ = ["ErrorClass", "Outcome", "Wire"]
+
+Wire = Literal["HTTP", "SMTP"]
+"""What an answer's status is a code of."""
 
 
 class ErrorClass(StrEnum):
@@ -59,7 +63,7 @@ class Outcome:
     """Human detail, e.g. why the address guard refused the destination."""
     permanent: bool = False
     """The receiver refused for good (an SMTP 5xx reply): the delivery dies, unretried."""
-    protocol: str = "HTTP"
+    protocol: Wire = "HTTP"
     """What ``status`` is a code of: ``"HTTP"`` or ``"SMTP"``."""
 
     @property
