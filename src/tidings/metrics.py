@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tidings.domain.alarms import Level
 from tidings.domain.lookup import LookupOutcome, LookupReason, LookupResult
 from tidings.domain.models import DeliveryState
 from tidings.domain.notices import NoticeKind
@@ -27,7 +28,6 @@ from tidings.events import (
 )
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
-ALARM_LEVELS = (NoticeKind.WARNING, NoticeKind.CRITICAL)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 _LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 86400)
 
@@ -144,7 +144,7 @@ class Metrics:
                 self.attempts.labels(outcome, status_class)
         for state in DeliveryState:
             self.queue_depth.labels(state.value)
-        for level in ALARM_LEVELS:
+        for level in Level:
             self.alarms.labels(level.value)
         for kind in NoticeKind:
             self.notices.labels(kind.value)
@@ -161,8 +161,8 @@ class Metrics:
                 self.ended(cause, count)
             case NoticeSent(kind):
                 self.notices.labels(kind.value).inc()
-                if kind.is_alarm:
-                    self.alarms.labels(kind.value).inc()
+                if kind.alarm is not None:
+                    self.alarms.labels(kind.alarm.value).inc()
             case HeldCounted(held, suspended):
                 self._set_endpoints_held(held, suspended)
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tidings.domain.alarms import Level
 from tidings.domain.lookup import LOOKUP_REASONS, LookupReason
 from tidings.domain.notices import NoticeKind
 from tidings.domain.outcome import ErrorClass, Outcome
@@ -83,7 +84,11 @@ def test_only_a_dead_decision_has_a_cause() -> None:
 
 
 def test_alarm_kinds_are_the_warning_and_the_critical_ones() -> None:
-    assert [k for k in NoticeKind if k.is_alarm] == [NoticeKind.WARNING, NoticeKind.CRITICAL]
+    assert {k: k.alarm for k in NoticeKind if k.alarm} == {
+        NoticeKind.WARNING: Level.WARNING,
+        NoticeKind.CRITICAL: Level.CRITICAL,
+    }
+    assert [level.value for level in Level] == ["warning", "critical"]
     assert NoticeKind.SUSPENDED.headline == "was suspended"
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from tidings.domain.alarms import Level
 from tidings.domain.models import Endpoint
 
 __all__ = ["Facts", "Notice", "NoticeKind", "event_of", "text_of"]
@@ -31,9 +32,9 @@ class NoticeKind(StrEnum):
     RESUMED = "resumed"
 
     @property
-    def is_alarm(self) -> bool:
-        """Whether the notice reports an alarm (a warning or a critical one)."""
-        return self in (NoticeKind.WARNING, NoticeKind.CRITICAL)
+    def alarm(self) -> Level | None:
+        """The level of the alarm the notice reports (None: it reports none)."""
+        return _ALARM.get(self)
 
     @property
     def headline(self) -> str:
@@ -41,6 +42,7 @@ class NoticeKind(StrEnum):
         return _HEADLINE[self]
 
 
+_ALARM = {NoticeKind.WARNING: Level.WARNING, NoticeKind.CRITICAL: Level.CRITICAL}
 _HEADLINE = {
     NoticeKind.WARNING: "is failing",
     NoticeKind.CRITICAL: "is down",
