@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -122,12 +121,12 @@ class Attempts:
         ``_start``), so an attempt that ran on could be claimed and sent again while
         it is still running. An email's attempt (lookup, SMTP pool, SMTP commands)
         has no other such bound."""
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await channel.deliver(endpoint, job, started_at)
         except TimeoutError:
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            elapsed_ms = round((self._clock.monotonic() - started) * 1000, 3)
             outcome = Outcome(
                 None, ErrorClass.TIMEOUT, detail="the attempt outlasted the request timeout"
             )
