@@ -1,4 +1,4 @@
-"""The composition root: builds the store, channel, engine and metrics, and runs them.
+"""The composition root: builds the store, channel, engine, metrics and use cases, and runs them.
 
 :class:`Tidings` owns every resource of one process. ``start`` migrates the
 store, opens its secrets with the encryption key (see :func:`load_keys`), makes
@@ -11,16 +11,20 @@ is set and the process should stop: running on without its dispatcher would
 accept messages it never delivers. A store error is not death: the database may be
 restarting, so the task logs it and runs again after a short backoff
 (:func:`store_retry_delay`), as long as it takes.
+
+Here, and only here, the parts are wired to each other: the metrics subscribe to
+the events bus, and the dispatcher's wake-ups and the key cache to what the store
+says each committed write changed (this process's at once, the others' over
+NOTIFY on PostgreSQL), so no use case has to remember to poke anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,17 +40,17 @@ from tidings.channels.webhook import WebhookChannel, Webhooks, WebhookTransport
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.crypto import Keyring, key_file
-from tidings.domain.models import Accepted, EndpointKind, NewMessage
+from tidings.domain.models import EndpointKind
 from tidings.email.sending import EmailSender
-from tidings.engine.batcher import Batcher
 from tidings.engine.dispatcher import Dispatcher
 from tidings.engine.health import HealthMonitor
-from tidings.events import Bus
-from tidings.exceptions import Conflict, EncryptionKeyError, StoreError
+from tidings.events import Bus, QueueCounted, TemplateKnown
+from tidings.exceptions import EncryptionKeyError, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
+from tidings.service import Service, sha256
 from tidings.smtp_url import parse_smtp_url
-from tidings.store import Store, open_store
+from tidings.store import Changed, Store, open_store
 from tidings.store.ports import Change, Secrets
 
 # "all": API and delivery engine; "api": the API only; "worker": the engine only.
@@ -60,10 +64,6 @@ PURGE_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 10.0
 STORE_RETRY_S = 0.1  # the first wait of a background task after a store error
 STORE_RETRY_MAX_S = 2.0  # and the longest: work resumes this soon after the store is back
-
-
-def sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class Tidings:
@@ -124,7 +124,9 @@ class Tidings:
         self.health = HealthMonitor(
             self.store, self.dispatcher, self.channel, self.events, self.clock, settings
         )
-        self.ingest: Batcher[NewMessage, Accepted | Conflict] = Batcher("ingest", self._ingest)
+        self.service = Service(
+            self.store, self.clock, settings, self.guard, self.events, self.health, self.emails
+        )
         self.keys = KeyCache(self.store, self.clock)
         self.admin_token_hash = ""
         self.new_admin_token: str | None = None
@@ -142,13 +144,14 @@ class Tidings:
         await self._open_secrets()
         await self._ensure_admin_token()
         for name in await self.store.template_names():
-            self.metrics.template_known(name)
-        self._supervise("ingest", self.ingest.run)
+            self.events.emit(TemplateKnown(name))
+        self._supervise("ingest", self.service.ingest.run)
         self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
         loop = asyncio.get_running_loop()
 
-        def hear(news: Change) -> None:  # on the store's listening thread
-            loop.call_soon_threadsafe(self._heard, news)
+        def hear(changed: Changed) -> None:  # on the thread that wrote, or the listener's
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._heard, changed)
 
         # Every role listens: an API process must hear of a key revoked elsewhere.
         await self.store.listen(hear)
@@ -172,8 +175,11 @@ class Tidings:
         self._supervise("health", self._every(interval, self._led(self.health.evaluate)))
         self._supervise("purge", self._every(PURGE_INTERVAL_S, self._led(self._purge)))
 
-    def _heard(self, news: Change) -> None:
-        """Another process's write committed ``news`` (see Store.listen)."""
+    def _heard(self, changed: Changed) -> None:
+        """A write committed ``changed``, this process's or another's (see Store.listen).
+        A revoked key is forgotten before the revoking request is answered: the store
+        tells this before the write's own answer reaches the loop."""
+        news = changed.news
         if news == Change.KEYS:
             self.keys.forget()
         elif not self.delivers:
@@ -182,8 +188,8 @@ class Tidings:
             self.dispatcher.schedule_changed()
         elif news == Change.ENDPOINTS:
             self.dispatcher.endpoints_changed()
-        else:
-            self.dispatcher.wake()
+        else:  # new work; an ingest's names its endpoints, for the dispatcher to look at
+            self.dispatcher.wake(changed.endpoint_ids)
 
     def _led(self, duty: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """``duty``, run only by the process that leads (one per store at a time)."""
@@ -198,7 +204,7 @@ class Tidings:
         dispatcher = next((t for t in self._tasks if t.get_name() == "dispatcher"), None)
         if dispatcher:
             dispatcher.cancel()
-        await self.ingest.drain()
+        await self.service.ingest.drain()
         if self.delivers:
             await self.dispatcher.drain(SHUTDOWN_GRACE_S)
         for task in self._tasks:
@@ -211,22 +217,6 @@ class Tidings:
                 await self.smtp.close()
         await self.emails.close()
         await self.store.close()
-
-    async def accept(self, message: NewMessage) -> Accepted:
-        """Store ``message`` durably (with group commit) and wake the dispatcher."""
-        result = await self.ingest.submit(message)
-        if isinstance(result, Conflict):
-            raise result
-        self.metrics.accepted(replayed=result.replayed)
-        if result.deliveries and not result.replayed:
-            endpoint_ids = [endpoint_id for _, endpoint_id in result.deliveries]
-            self.metrics.created(endpoint_ids)
-            self.dispatcher.wake(endpoint_ids)
-        return result
-
-    async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
-        ttl = self.settings.idempotency_ttl.total_seconds()
-        return await self.store.ingest(batch, self.clock.now(), ttl)
 
     async def _open_secrets(self) -> None:
         """Open the store's secrets before anything else runs: a key that does not open
@@ -251,7 +241,7 @@ class Tidings:
         now = self.clock.now()
         oldest = await self.store.oldest_due(now)
         waited = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
-        self.metrics.set_queue_depth(await self.store.queue_depth(), waited)
+        self.events.emit(QueueCounted(await self.store.queue_depth(), waited))
 
     async def _purge(self) -> None:
         before = self.clock.now() - self.settings.idempotency_ttl

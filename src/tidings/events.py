@@ -1,8 +1,10 @@
 """What happened, said once: frozen event records and a small in-process bus.
 
 The engine and the email pipeline say what happened (an attempt finished, a
-notice went out, a lookup was done, deliveries ended without an attempt) by
-emitting a record on the process's :class:`Bus`; whoever cares subscribes.
+notice went out, a lookup was done, deliveries ended without an attempt), and so
+do the use cases of :mod:`tidings.service` (a message accepted, its deliveries
+made, a template known, the queue counted), by emitting a record on the
+process's :class:`Bus`; whoever cares subscribes.
 Metrics are one subscriber (:meth:`tidings.metrics.Metrics.observe`), so no
 business code touches a metric.
 
@@ -12,7 +14,10 @@ function call per subscriber, no task and no queue). A subscriber that raises
 is logged and skipped: what watches the engine must never stop it.
 
 Every record is an :class:`Event`; a new kind of event is a new frozen record
-here, and subscribers match the kinds they know and ignore the rest.
+here, and subscribers match the kinds they know and ignore the rest. What the
+store changed is not carried here: the store tells its listeners itself, after
+each commit (:meth:`~tidings.store.ports.Lifecycle.listen`), and the dispatcher's
+wake-ups and the key cache subscribe to that.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datetime import datetime
 import structlog
 
 from tidings.domain.lookup import LookupResult
+from tidings.domain.models import DeliveryState
 from tidings.domain.notices import NoticeKind
 from tidings.domain.outcome import Outcome
 from tidings.domain.retry import DeadReason, Decision
@@ -31,12 +37,16 @@ from tidings.domain.retry import DeadReason, Decision
 __all__ = [
     "AttemptFinished",
     "Bus",
+    "DeliveriesCreated",
     "DeliveriesEnded",
     "Event",
     "HeldCounted",
     "LookupDone",
+    "MessageAccepted",
     "NoticeSent",
+    "QueueCounted",
     "Subscriber",
+    "TemplateKnown",
 ]
 
 log = structlog.get_logger(__name__)
@@ -120,3 +130,40 @@ class LookupDone(Event):
 
     template: str
     result: LookupResult
+
+
+# what the use cases say ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAccepted(Event):
+    """A message (or an email) was accepted: committed, or found already committed
+    under its Idempotency-Key (``replayed``)."""
+
+    message_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveriesCreated(Event):
+    """An accepted message made one delivery to each of these endpoints."""
+
+    message_id: str
+    endpoint_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateKnown(Event):
+    """A template of this name exists (made, replaced, or found at start): its lookup
+    series should read 0 from now, not "no data"."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounted(Event):
+    """The deliveries in each state, and how long the one waiting longest since it fell
+    due has waited (0: none), as just counted."""
+
+    depth: Mapping[DeliveryState, int]
+    oldest_due_s: float

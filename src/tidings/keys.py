@@ -2,10 +2,10 @@
 
 Ingest at thousands of requests a second must not read the store to
 authenticate each one, so a key's answer is remembered for `CACHE_TTL`.
-A revocation must not wait for that: the process that revokes forgets at once,
-and every other process forgets when the store tells it (``"keys"``, heard
-through :meth:`~tidings.store.ports.Lifecycle.listen`), so a revoked key is refused
-everywhere within the time a notification takes to arrive.
+A revocation must not wait for that: every process forgets when the store tells
+it (``"keys"``, heard through :meth:`~tidings.store.ports.Lifecycle.listen`), the
+one that revoked before its request is answered, the others within the time a
+notification takes to arrive.
 
 A key's ``last_used_at`` is written when its cached answer is renewed and the
 stored time is older than :data:`LAST_USED_PRECISION`: a write per key per

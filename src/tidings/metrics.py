@@ -1,8 +1,8 @@
 """Every Prometheus metric of tidings, on one registry owned by the app.
 
-Metrics are one subscriber of the events (:mod:`tidings.events`): the engine
-and the email pipeline say what happened, and :meth:`Metrics.observe` counts
-it; the housekeeping task sets the queue depth. Every label combination is
+Metrics are one subscriber of the events (:mod:`tidings.events`): the engine,
+the email pipeline and the use cases say what happened (the queue's count
+too), and :meth:`Metrics.observe` counts it. Every label combination is
 created up front, so a rate over a counter that has not moved yet reads 0, not
 "no data".
 """
@@ -20,11 +20,15 @@ from tidings.domain.notices import NoticeKind
 from tidings.domain.retry import DeadReason, Verdict
 from tidings.events import (
     AttemptFinished,
+    DeliveriesCreated,
     DeliveriesEnded,
     Event,
     HeldCounted,
     LookupDone,
+    MessageAccepted,
     NoticeSent,
+    QueueCounted,
+    TemplateKnown,
 )
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none", "other")
@@ -165,6 +169,20 @@ class Metrics:
                     self.alarms.labels(kind.alarm.value).inc()
             case HeldCounted(held, suspended):
                 self._set_endpoints_held(held, suspended)
+            case _:
+                self._observe_use_case(event)
+
+    def _observe_use_case(self, event: Event) -> None:
+        """Count what a use case of the service says it did."""
+        match event:
+            case MessageAccepted(_, replayed):
+                self.accepted(replayed=replayed)
+            case DeliveriesCreated(_, endpoint_ids):
+                self.created(endpoint_ids)
+            case TemplateKnown(name):
+                self.template_known(name)
+            case QueueCounted(depth, oldest_due_s):
+                self.set_queue_depth(depth, oldest_due_s)
 
     def template_known(self, template: str) -> None:
         """Create the lookup series of ``template`` (once), so they read 0 from the start."""
@@ -202,7 +220,7 @@ class Metrics:
         self.deliveries.labels(Verdict.DEAD.value).inc(count)
         self.dead.labels(cause.value).inc(count)
 
-    def set_queue_depth(self, depth: dict[DeliveryState, int], oldest_due_s: float) -> None:
+    def set_queue_depth(self, depth: Mapping[DeliveryState, int], oldest_due_s: float) -> None:
         for state, count in depth.items():
             self.queue_depth.labels(state.value).set(count)
         self.oldest_due.set(oldest_due_s)

@@ -19,9 +19,9 @@ from support import (
     served,
     wait_for,
 )
-from tidings.app import sha256
 from tidings.clock import FakeClock
 from tidings.config import Settings
+from tidings.service import sha256
 
 
 async def _keys(client: httpx.AsyncClient, tenant_id: str) -> list[dict[str, object]]:

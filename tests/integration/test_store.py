@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from tidings.domain.models import (
     Tenant,
 )
 from tidings.exceptions import Conflict, StoreError, StoreUnavailable
-from tidings.store import Store, open_store
+from tidings.store import Changed, Store, open_store
+from tidings.store.sql.store import SqlStore
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TTL = 24 * 3600.0
@@ -256,6 +258,50 @@ async def test_replay_returns_dead_deliveries_to_pending(store: Store) -> None:
     assert delivery.dead_reason is None
     [again] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
     assert again.attempt_in_round == 1  # the retry schedule starts over
+
+
+def _hearing(heard: list[Changed]) -> Callable[[Changed], None]:
+    """A listener that keeps what this process's own writes told (on the thread that
+    wrote), not what PostgreSQL's listener relays (another process's, or its echo)."""
+
+    def hear(changed: Changed) -> None:
+        if threading.current_thread().name != "tidings-store-listener":
+            heard.append(changed)
+
+    return hear
+
+
+async def test_a_committed_write_is_heard_in_process_before_it_returns(store: Store) -> None:
+    heard: list[Changed] = []
+    await store.listen(_hearing(heard))
+    tenant_id = await _tenant(store)
+    assert heard == []  # a new tenant changes nothing a listener keeps
+    endpoint = await _endpoint(store, tenant_id)
+    assert heard == [Changed("endpoints")]
+    heard.clear()
+
+    await _accept(store, _message(tenant_id, key="k1"), _message(tenant_id, key="k2"))
+    assert heard == [Changed("work", (endpoint,))]  # the endpoints named, once each
+    heard.clear()
+    await _accept(store, _message(tenant_id, key="k1"))  # replayed: nothing new
+    assert heard == []
+
+
+async def test_a_write_that_rolls_back_is_never_heard(store: Store) -> None:
+    assert isinstance(store, SqlStore)
+    heard: list[Changed] = []
+    await store.listen(_hearing(heard))
+
+    def announce_then_fail() -> None:
+        with store._write() as conn:
+            store._announce(conn, "work", ["ep_1"])
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await store._writing(announce_then_fail)
+    tenant_id = await _tenant(store)
+    await _endpoint(store, tenant_id)  # the next write is heard, alone
+    assert heard == [Changed("endpoints")]
 
 
 async def test_concurrent_writers_all_commit(store: Store) -> None:

@@ -255,7 +255,7 @@ async def test_the_listener_hears_of_everything_again_after_a_reconnect(postgres
     store = open_store(postgres_url)
     heard: list[str] = []
     try:
-        await store.listen(heard.append)
+        await store.listen(lambda changed: heard.append(changed.news))
         await wait_for(lambda: set(Change) <= set(heard))
         heard.clear()
         await asyncio.to_thread(_end_sessions, _name_of(postgres_url))

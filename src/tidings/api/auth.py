@@ -13,8 +13,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from tidings.app import Tidings, sha256
+from tidings.app import Tidings
 from tidings.exceptions import Forbidden, Unauthorized
+from tidings.service import sha256
 
 
 def tidings_of(request: Request) -> Tidings:

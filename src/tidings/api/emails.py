@@ -138,7 +138,7 @@ async def send_email(
             + " missing"
         )
     payload = orjson.dumps(body.model_dump(mode="json"))
-    accepted = await app.accept(
+    accepted = await app.service.accept(
         NewMessage(
             tenant_id,
             "email",

@@ -26,7 +26,7 @@ from tidings.api.schemas import (
     ReplayOut,
 )
 from tidings.domain.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySelector
-from tidings.exceptions import InvalidInput, NotFound
+from tidings.exceptions import NotFound
 
 router = APIRouter(tags=["messages"])
 
@@ -101,7 +101,9 @@ async def create_message(request: Request) -> Response:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     payload = orjson.dumps(body.payload)
     request_hash = hashlib.sha256(body.event_type.encode() + b"\n" + payload).hexdigest()
-    accepted = await app.accept(NewMessage(tenant_id, body.event_type, payload, key, request_hash))
+    accepted = await app.service.accept(
+        NewMessage(tenant_id, body.event_type, payload, key, request_hash)
+    )
     answer = {
         "id": accepted.message_id,
         "deliveries": [{"id": d, "endpoint_id": e} for d, e in accepted.deliveries],
@@ -166,12 +168,5 @@ async def list_deliveries(
 @router.post("/v1/deliveries/replay", responses=problems.responses(404))
 async def replay(body: ReplayIn, tenant_id: TenantId, app: App) -> ReplayOut:
     """Return dead or held deliveries to pending, to be attempted again at once."""
-    if not (body.ids or body.endpoint_id or body.since or body.until):
-        raise InvalidInput("name the deliveries to replay: ids, endpoint_id, since or until")
-    if body.endpoint_id and await app.store.get_endpoint(tenant_id, body.endpoint_id) is None:
-        raise NotFound(f"no endpoint {body.endpoint_id!r}")
     selector = ReplaySelector(tuple(body.ids or ()), body.endpoint_id, body.since, body.until)
-    replayed = await app.store.replay(tenant_id, selector, app.clock.now())
-    if replayed:
-        app.dispatcher.wake()
-    return ReplayOut(replayed=replayed)
+    return ReplayOut(replayed=await app.service.replay(tenant_id, selector))

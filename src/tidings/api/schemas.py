@@ -224,6 +224,12 @@ class AlarmPolicyPatch(_In):
     )
 
 
+def alarm_patch(patch: AlarmPolicyPatch | None) -> dict[str, Any] | None:
+    """The fields of an alarm policy a request sets (a value) or unsets (None), as the
+    service takes them; None for no policy at all."""
+    return None if patch is None else patch.model_dump(exclude_unset=True)
+
+
 class AlarmPolicyOut(BaseModel):
     """The alarm policy in force: the defaults, the tenant's fields, the endpoint's."""
 

@@ -3,7 +3,6 @@ with an optional lookup whose answer picks a variant."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,9 +14,6 @@ from tidings.api import problems
 from tidings.api.auth import App, TenantId
 from tidings.api.schemas import PageOut
 from tidings.domain.models import StoredTemplate
-from tidings.email import templates
-from tidings.email.stored import template_from
-from tidings.exceptions import Conflict, InvalidEndpointUrl, InvalidTemplate, NotFound
 
 router = APIRouter(prefix="/v1/templates", tags=["email"])
 
@@ -26,7 +22,6 @@ Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The template's nam
 _NOT_BLANK = {"pattern": r"\S"}  # checked by templates.check, with a better message
 Subject = Annotated[str, Field(min_length=1, max_length=1000, json_schema_extra=_NOT_BLANK)]
 Body = Annotated[str, Field(min_length=1, max_length=100_000, json_schema_extra=_NOT_BLANK)]
-_TEMPLATED_ORIGIN = re.compile(r"^[^/]*//[^/?#]*[{%]")  # a placeholder in scheme, host or port
 
 
 class _In(BaseModel):
@@ -88,46 +83,11 @@ def _definition(name: str, body: TemplateBody) -> dict[str, Any]:
     return {"name": name, **body.model_dump(exclude_none=True)}
 
 
-async def _checked(app: App, name: str, body: TemplateBody) -> templates.Template:
-    """The template, refused with a problem document if it cannot work (compiled by
-    the renderer: a template's compile is bounded in time and memory too)."""
-    template = template_from(_definition(name, body))
-    await app.emails.renderer.check(template)
-    if body.lookup is not None:
-        if _TEMPLATED_ORIGIN.match(body.lookup.url):
-            raise InvalidTemplate("lookup.url: the scheme and host must be written out")
-        try:
-            app.guard.check_url(body.lookup.url)
-        except InvalidEndpointUrl as exc:
-            raise InvalidTemplate(f"lookup.url: {exc.detail}") from None
-    return template
-
-
-async def _store(
-    app: App, tenant_id: str, name: str, body: TemplateBody, *, create: bool
-) -> StoredTemplate:
-    await _checked(app, name, body)
-    now = app.clock.now()
-    definition = orjson.dumps(_definition(name, body)).decode()
-    stored = StoredTemplate(tenant_id, name, definition, now, now)
-    if not await app.store.put_template(stored, create=create):
-        if create:
-            raise Conflict(
-                f"a template {name!r} exists already; replace it with PUT /v1/templates/{name}"
-            )
-        raise _not_found(name)
-    app.metrics.template_known(name)
-    app.emails.forget(tenant_id, name)
-    return stored if create else await _get(app, tenant_id, name)
-
-
 @router.post("", status_code=201, responses=problems.responses(409))
 async def create_template(body: TemplateIn, tenant_id: TenantId, app: App) -> TemplateOut:
     """Create a template. A syntax error is refused with its part, line and message."""
-    stored = await _store(
-        app, tenant_id, body.name, TemplateBody(**body.model_dump(exclude={"name"})), create=True
-    )
-    return TemplateOut.of(stored)
+    definition = _definition(body.name, TemplateBody(**body.model_dump(exclude={"name"})))
+    return TemplateOut.of(await app.service.put_template(tenant_id, definition, create=True))
 
 
 @router.get("")
@@ -144,7 +104,7 @@ async def list_templates(
 
 @router.get("/{name}")
 async def get_template(name: Name, tenant_id: TenantId, app: App) -> TemplateOut:
-    return TemplateOut.of(await _get(app, tenant_id, name))
+    return TemplateOut.of(await app.service.template(tenant_id, name))
 
 
 @router.put("/{name}")
@@ -152,24 +112,12 @@ async def replace_template(
     name: Name, body: TemplateBody, tenant_id: TenantId, app: App
 ) -> TemplateOut:
     """Replace a template whole. Emails not yet sent are sent with the new one."""
-    return TemplateOut.of(await _store(app, tenant_id, name, body, create=False))
+    definition = _definition(name, body)
+    return TemplateOut.of(await app.service.put_template(tenant_id, definition, create=False))
 
 
 @router.delete("/{name}", status_code=204)
 async def delete_template(name: Name, tenant_id: TenantId, app: App) -> Response:
     """Delete a template; emails of it not yet sent fail (`email.failed`)."""
-    if not await app.store.delete_template(tenant_id, name):
-        raise _not_found(name)
-    app.emails.forget(tenant_id, name)
+    await app.service.delete_template(tenant_id, name)
     return Response(status_code=204)
-
-
-async def _get(app: App, tenant_id: str, name: str) -> StoredTemplate:
-    stored = await app.store.get_template(tenant_id, name)
-    if stored is None:
-        raise _not_found(name)
-    return stored
-
-
-def _not_found(name: str) -> NotFound:
-    return NotFound(f"no template {name!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidings.store.ports import Store
+from tidings.store.ports import Changed, Store
 
 
 def open_store(url: str) -> Store:
@@ -20,4 +20,4 @@ def open_store(url: str) -> Store:
     )
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Changed", "Store", "open_store"]

@@ -15,6 +15,7 @@ can commit many writes with one flush (group commit).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -49,13 +50,24 @@ from tidings.exceptions import Conflict
 
 
 class Change(StrEnum):
-    """What a committed write changed, as other processes hear of it (the values travel
+    """What a committed write changed, as listeners hear of it (the values travel
     as PostgreSQL NOTIFY payloads: they must not change)."""
 
     WORK = "work"  # new deliveries are due now
     ENDPOINTS = "endpoints"  # endpoints (or their policies) changed
     SCHEDULE = "schedule"  # deliveries were made due at times no worker wrote
     KEYS = "keys"  # an API key was revoked: forget what was cached of keys
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """What one committed write changed, as :meth:`Lifecycle.listen` tells it: the
+    :class:`Change` and, when the write knows them, the endpoints it concerns (those an
+    ingest made deliveries for), so that a dispatcher in the same process looks at
+    those alone. News from another process names no endpoint."""
+
+    news: Change
+    endpoint_ids: tuple[str, ...] = ()
 
 
 class Lifecycle(Protocol):
@@ -67,14 +79,17 @@ class Lifecycle(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
-    async def listen(self, hear: Callable[[Change], None]) -> None:
-        """From now until :meth:`close`, call ``hear(news)`` (from any thread) whenever
-        another process's write committed a :class:`Change`. A missed ``WORK``,
-        ``ENDPOINTS`` or ``SCHEDULE`` only delays work until the dispatcher's next look
-        at the store; a missed ``KEYS`` lets a revoked key work until its cache entry
-        expires. Whenever news may have been missed (the listening connection was lost
-        and made again), every kind is heard once, so that each cache reads what it
-        keeps again."""
+    async def listen(self, hear: Callable[[Changed], None]) -> None:
+        """From now until :meth:`close`, call ``hear(changed)`` (from any thread) right
+        after each write that changed something commits: this process's writes at
+        once (naming the endpoints concerned where known) and, on a store shared by
+        several processes, the others' too. A write that rolls back is never heard. A
+        missed ``WORK``, ``ENDPOINTS`` or ``SCHEDULE`` only delays work until the
+        dispatcher's next look at the store; a missed ``KEYS`` lets a revoked key work
+        until its cache entry expires. Whenever another process's news may have been
+        missed (the listening connection was lost and made again), every kind is heard
+        once, so that each cache reads what it keeps again. ``hear`` must be quick and
+        must not raise: it runs on the thread that wrote."""
 
     async def lead(self) -> bool:
         """Whether this process is the one that runs the singleton duties (health

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,15 +25,17 @@ from functools import partial, wraps
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tidings.crypto import Keyring
 from tidings.exceptions import EncryptionKeyError, StoreError, StoreUnavailable
-from tidings.store.ports import Change
+from tidings.store.ports import Change, Changed
 from tidings.store.sql.rows import put_setting
 
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
 Core = TypeVar("Core", bound="SqlCore")
@@ -137,6 +139,10 @@ class SqlCore:
         self._write_failure: StoreError | None = None  # the last write's, if it failed
         self._probed_at = -1e9  # monotonic
         self._keyring: Keyring | None = None
+        self._hearers: list[Callable[[Changed], None]] = []  # see listen
+        # What each write transaction under way announced, told once it commits. By
+        # connection, not in its ``info``: a connection lost mid-write gets a new one.
+        self._news: dict[Connection, list[Changed]] = {}
 
     async def _writing(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -171,14 +177,29 @@ class SqlCore:
         results): losing it to a power cut (not to a process crash) only means a
         delivery is sent again, so a backend may commit it without a flush.
         """
+        news: list[Changed] = []
         with self._noting_writes(), translate_errors():
             conn = _connect(self._engine)
+            self._news[conn] = news
             try:
                 self._prepare(conn, durable=durable)
                 with conn.begin():
                     yield conn
             finally:
+                del self._news[conn]
                 conn.close()
+        # Committed (a rollback raised above): now, and only now, it may be heard.
+        for changed in news:
+            self._tell(changed)
+
+    def _tell(self, changed: Changed) -> None:
+        """Tell this process's listeners (see :meth:`listen`); one that fails is logged,
+        never the write's failure: the write has committed."""
+        for hear in self._hearers:
+            try:
+                hear(changed)
+            except Exception:
+                log.exception("store_listener_failed", news=changed.news)
 
     @contextlib.contextmanager
     def _noting_writes(self) -> Iterator[None]:
@@ -199,9 +220,11 @@ class SqlCore:
         end of ``conn``'s transaction (backend hook: SQLite's one writer at a time
         already takes turns on everything)."""
 
-    def _announce(self, conn: Connection, news: Change) -> None:
-        """Tell the other processes on this store, once ``conn``'s transaction commits,
-        what it changed (backend hook: one process per SQLite file has no one to tell)."""
+    def _announce(self, conn: Connection, news: Change, endpoint_ids: Sequence[str] = ()) -> None:
+        """Tell this process's listeners, once ``conn``'s transaction commits, what it
+        changed, and the endpoints concerned if known. A backend shared by several
+        processes tells them too (one process per SQLite file has no one else to tell)."""
+        self._news[conn].append(Changed(news, tuple(endpoint_ids)))
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -252,8 +275,10 @@ class SqlCore:
             raise EncryptionKeyError("the store's secrets are locked: no encryption key given")
         return self._keyring
 
-    async def listen(self, hear: Callable[[Change], None]) -> None:
-        """Nothing to hear: one process per SQLite file."""
+    async def listen(self, hear: Callable[[Changed], None]) -> None:
+        """This process's writes, told in the thread that wrote right after each commit
+        (on SQLite, one process per file, there are no others to hear)."""
+        self._hearers.append(hear)
 
     async def lead(self) -> bool:
         return True

@@ -39,9 +39,17 @@ class MessageRecords(SqlCore):
         self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
     ) -> list[Accepted | Conflict]:
         with self._write() as conn:
-            self._announce(conn, Change.WORK)
             keys_since = now - timedelta(seconds=idempotency_ttl_s)
-            return Ingest(conn, now, keys_since, partial(self._take_turns, conn)).run(batch)
+            results = Ingest(conn, now, keys_since, partial(self._take_turns, conn)).run(batch)
+            made = [
+                endpoint_id
+                for result in results
+                if isinstance(result, Accepted) and not result.replayed
+                for _, endpoint_id in result.deliveries
+            ]
+            if made:  # the endpoints named, so that a dispatcher looks at those alone
+                self._announce(conn, Change.WORK, list(dict.fromkeys(made)))
+            return results
 
     @reads
     def get_message(self, tenant_id: str, message_id: str) -> MessageDetail | None:

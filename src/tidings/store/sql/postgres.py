@@ -51,7 +51,7 @@ from sqlalchemy.engine import Connection
 from tidings.domain.models import AttemptResult, Claimed, Claims, DeliveryState
 from tidings.domain.ratelimit import TokenBucket
 from tidings.exceptions import StoreError, StoreUnavailable
-from tidings.store.ports import Change
+from tidings.store.ports import Change, Changed
 from tidings.store.sql.core import Turn, writes_hot
 from tidings.store.sql.hot import apply_results
 from tidings.store.sql.schema import from_micros, to_micros
@@ -112,14 +112,20 @@ class PostgresStore(SqlStore):
         if names:
             conn.exec_driver_sql(_TAKE_TURNS, {"space": TURN_LOCKS[turn], "names": sorted(names)})
 
-    def _announce(self, conn: Connection, news: Change) -> None:
+    def _announce(self, conn: Connection, news: Change, endpoint_ids: Sequence[str] = ()) -> None:
+        """This process's listeners, and the other processes by a NOTIFY, which
+        PostgreSQL sends at the commit (the endpoints stay in this process)."""
+        super()._announce(conn, news, endpoint_ids)
         conn.exec_driver_sql(f"SELECT pg_notify('{CHANNEL}', %(news)s)", {"news": news})
 
-    async def listen(self, hear: Callable[[Change], None]) -> None:
-        """LISTEN on a connection of its own, in a thread of its own; a lost connection
-        is made again after :data:`RECONNECT_S`. Whatever was announced while no one
-        listened is lost: once listening again, ``hear`` is told every kind of news,
-        so that each cache reads what it keeps again."""
+    async def listen(self, hear: Callable[[Changed], None]) -> None:
+        """This process's writes as on every backend, and the other processes': LISTEN
+        on a connection of its own, in a thread of its own; a lost connection is made
+        again after :data:`RECONNECT_S`. Whatever was announced while no one listened
+        is lost: once listening again, ``hear`` is told every kind of news, so that each
+        cache reads what it keeps again. (A NOTIFY of this process's own is heard
+        twice, at once and from the listener: harmless, news only makes one look.)"""
+        await super().listen(hear)
 
         def run() -> None:
             while not self._listening.is_set():
@@ -127,10 +133,10 @@ class PostgresStore(SqlStore):
                     with self._connect() as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
                         for news in Change:
-                            hear(news)
+                            hear(Changed(news))
                         while not self._listening.is_set():
                             for note in conn.notifies(timeout=LISTEN_POLL_S):
-                                hear(Change(note.payload))
+                                hear(Changed(Change(note.payload)))
                 except psycopg.Error as exc:
                     log.warning("store_listener_reconnecting", error=str(exc))
                     self._listening.wait(RECONNECT_S)
