@@ -34,6 +34,7 @@ from tidings.domain.alarms import merged_overrides, policy_of
 from tidings.domain.models import (
     Accepted,
     ApiKey,
+    EmailRequest,
     Endpoint,
     EndpointState,
     NewMessage,
@@ -44,7 +45,7 @@ from tidings.domain.models import (
 )
 from tidings.domain.retry import DeadReason
 from tidings.email.sending import EmailSender
-from tidings.email.stored import template_from
+from tidings.email.stored import template_from, template_of
 from tidings.engine.batcher import Batcher
 from tidings.engine.health import HealthMonitor
 from tidings.events import (
@@ -54,13 +55,33 @@ from tidings.events import (
     MessageAccepted,
     TemplateKnown,
 )
-from tidings.exceptions import Conflict, InvalidEndpointUrl, InvalidInput, InvalidTemplate, NotFound
+from tidings.exceptions import (
+    Conflict,
+    InvalidEndpointUrl,
+    InvalidInput,
+    InvalidTemplate,
+    MissingField,
+    NotFound,
+)
 from tidings.store.ports import Store
 
 KEY_PREFIX = "tdk_"
 _TEMPLATED_ORIGIN = re.compile(r"^[^/]*//[^/?#]*[{%]")  # a placeholder in scheme, host or port
 _REQUIRED_ENDPOINT_FIELDS = ("url", "description", "max_in_flight")  # null: left as is
 _REQUIRED_TENANT_FIELDS = ("name", "owner_email")
+
+
+def message_request_hash(event_type: str, payload: bytes) -> str:
+    """What an Idempotency-Key's request is compared by: the same key with another hash
+    is a conflict."""
+    return hashlib.sha256(event_type.encode() + b"\n" + payload).hexdigest()
+
+
+def email_request_hash(request: bytes) -> str:
+    """As :func:`message_request_hash`, for an email. Keys are shared with messages,
+    whose hash starts with an event type: a space never occurs in one, so no message's
+    hash can be an email's."""
+    return hashlib.sha256(b"email request\n" + request).hexdigest()
 
 
 def sha256(value: str) -> str:
@@ -105,6 +126,35 @@ class Service:
             endpoint_ids = tuple(endpoint_id for _, endpoint_id in result.deliveries)
             self._events.emit(DeliveriesCreated(result.message_id, endpoint_ids))
         return result
+
+    async def accept_email(
+        self,
+        tenant_id: str,
+        email: EmailRequest,
+        personalisation: Mapping[str, Any],
+        request: bytes,
+        idempotency_key: str | None,
+    ) -> Accepted:
+        """Accept an email of the tenant's template ``email.template``, once every field
+        the template uses has a value (``to`` always has); ``request`` is the whole
+        request as the email's message keeps it."""
+        stored = await self._store.get_template(tenant_id, email.template)
+        if stored is None:
+            raise InvalidInput(f"template: no template {email.template!r}")
+        values = {**personalisation, "to": email.to}
+        missing = sorted(await self._emails.renderer.fields(template_of(stored)) - values.keys())
+        if missing:
+            raise MissingField(
+                "personalisation: the template uses "
+                + ", ".join(repr(name) for name in missing)
+                + ", which "
+                + ("is" if len(missing) == 1 else "are")
+                + " missing"
+            )
+        hashed = email_request_hash(request)
+        return await self.accept(
+            NewMessage(tenant_id, "email", request, idempotency_key, hashed, email)
+        )
 
     async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
         ttl = self._settings.idempotency_ttl.total_seconds()
@@ -391,4 +441,10 @@ def _no_template(name: str) -> NotFound:
     return NotFound(f"no template {name!r}")
 
 
-__all__ = ["KEY_PREFIX", "Service", "sha256"]
+__all__ = [
+    "KEY_PREFIX",
+    "Service",
+    "email_request_hash",
+    "message_request_hash",
+    "sha256",
+]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query, Response
@@ -14,9 +13,8 @@ from tidings.api import problems
 from tidings.api.auth import App, TenantId
 from tidings.api.messages import IDEMPOTENCY_KEY_RULES, idempotency_key
 from tidings.api.schemas import AttemptOut, Email, PageOut, PortableJson, _In
-from tidings.domain.models import DeliveryState, EmailDetail, EmailRequest, NewMessage, SinkEmail
-from tidings.email.stored import template_of
-from tidings.exceptions import InvalidInput, MissingField, NotFound
+from tidings.domain.models import DeliveryState, EmailDetail, EmailRequest, SinkEmail
+from tidings.exceptions import NotFound
 
 router = APIRouter(tags=["email"])
 
@@ -124,31 +122,12 @@ async def send_email(
 ) -> EmailAccepted:
     """Accept an email; the answer comes once it is committed. Every field the
     template uses must have a value (``to`` is always there)."""
-    stored = await app.store.get_template(tenant_id, body.template)
-    if stored is None:
-        raise InvalidInput(f"template: no template {body.template!r}")
-    values: dict[str, Any] = {**body.personalisation, "to": body.to}
-    missing = sorted(await app.emails.renderer.fields(template_of(stored)) - values.keys())
-    if missing:
-        raise MissingField(
-            "personalisation: the template uses "
-            + ", ".join(repr(name) for name in missing)
-            + ", which "
-            + ("is" if len(missing) == 1 else "are")
-            + " missing"
-        )
-    payload = orjson.dumps(body.model_dump(mode="json"))
-    accepted = await app.service.accept(
-        NewMessage(
-            tenant_id,
-            "email",
-            payload,
-            idempotency_key(key),
-            # Keys are shared with messages, whose hash starts with an event type: a
-            # space never occurs in one, so no message's hash can be an email's.
-            hashlib.sha256(b"email request\n" + payload).hexdigest(),
-            EmailRequest(body.to, body.template, body.reference),
-        )
+    accepted = await app.service.accept_email(
+        tenant_id,
+        EmailRequest(body.to, body.template, body.reference),
+        body.personalisation,
+        orjson.dumps(body.model_dump(mode="json")),
+        idempotency_key(key),
     )
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any
 
 import orjson
@@ -27,6 +26,7 @@ from tidings.api.schemas import (
 )
 from tidings.domain.models import DeliveryFilter, DeliveryState, NewMessage, ReplaySelector
 from tidings.exceptions import NotFound
+from tidings.service import message_request_hash
 
 router = APIRouter(tags=["messages"])
 
@@ -100,7 +100,7 @@ async def create_message(request: Request) -> Response:
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     payload = orjson.dumps(body.payload)
-    request_hash = hashlib.sha256(body.event_type.encode() + b"\n" + payload).hexdigest()
+    request_hash = message_request_hash(body.event_type, payload)
     accepted = await app.service.accept(
         NewMessage(tenant_id, body.event_type, payload, key, request_hash)
     )
