@@ -8,7 +8,7 @@ their API keys. A front end parses its input and shapes the answer; the rules
 front ends cannot drift apart.
 
 A use case writes through the store and says what it did on the
-:class:`~tidings.events.Events` bus. It never pokes the engine: the store tells
+:class:`~tidings.events.Bus`. It never pokes the engine: the store tells
 its listeners what each write changed once it has committed, and the dispatcher's
 wake-ups and the key cache subscribe to that (see :mod:`tidings.app`). Errors are
 the :mod:`tidings.exceptions` tree (a 404 is a :class:`NotFound`), translated to
