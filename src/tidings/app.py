@@ -44,7 +44,7 @@ from tidings.domain.models import EndpointKind
 from tidings.email.sending import EmailSender
 from tidings.engine.dispatcher import Dispatcher
 from tidings.engine.health import HealthMonitor
-from tidings.events import Bus, QueueCounted, TemplateKnown
+from tidings.events import Bus, TemplateKnown
 from tidings.exceptions import EncryptionKeyError, StoreError
 from tidings.keys import KeyCache
 from tidings.metrics import Metrics
@@ -146,7 +146,7 @@ class Tidings:
         for name in await self.store.template_names():
             self.events.emit(TemplateKnown(name))
         self._supervise("ingest", self.service.ingest.run)
-        self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self._count_queue))
+        self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self.service.count_queue))
         loop = asyncio.get_running_loop()
 
         def hear(changed: Changed) -> None:  # on the thread that wrote, or the listener's
@@ -173,7 +173,9 @@ class Tidings:
         # process that took it would keep it, and health would never be evaluated.
         interval = self.settings.health_interval.total_seconds()
         self._supervise("health", self._every(interval, self._led(self.health.evaluate)))
-        self._supervise("purge", self._every(PURGE_INTERVAL_S, self._led(self._purge)))
+        self._supervise(
+            "purge", self._every(PURGE_INTERVAL_S, self._led(self.service.purge_idempotency_keys))
+        )
 
     def _heard(self, changed: Changed) -> None:
         """A write committed ``changed``, this process's or another's (see Store.listen).
@@ -191,7 +193,7 @@ class Tidings:
         else:  # new work; an ingest's names its endpoints, for the dispatcher to look at
             self.dispatcher.wake(changed.endpoint_ids)
 
-    def _led(self, duty: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    def _led(self, duty: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
         """``duty``, run only by the process that leads (one per store at a time)."""
 
         async def run() -> None:
@@ -237,20 +239,8 @@ class Tidings:
             self.new_admin_token = token
         self.admin_token_hash = stored
 
-    async def _count_queue(self) -> None:
-        now = self.clock.now()
-        oldest = await self.store.oldest_due(now)
-        waited = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
-        self.events.emit(QueueCounted(await self.store.queue_depth(), waited))
-
-    async def _purge(self) -> None:
-        before = self.clock.now() - self.settings.idempotency_ttl
-        purged = await self.store.purge_idempotency_keys(before)
-        if purged:
-            log.info("idempotency_keys_purged", count=purged)
-
     def _every(
-        self, interval_s: float, job: Callable[[], Awaitable[None]]
+        self, interval_s: float, job: Callable[[], Awaitable[object]]
     ) -> Callable[[], Awaitable[None]]:
         async def loop() -> None:
             while True:

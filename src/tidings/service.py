@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import structlog
 
 from tidings import ids
 from tidings.channels.signing import new_secret
@@ -34,6 +35,7 @@ from tidings.domain.alarms import merged_overrides, policy_of
 from tidings.domain.models import (
     Accepted,
     ApiKey,
+    DeliveryState,
     EmailRequest,
     Endpoint,
     EndpointState,
@@ -53,6 +55,7 @@ from tidings.events import (
     DeliveriesCreated,
     DeliveriesEnded,
     MessageAccepted,
+    QueueCounted,
     TemplateKnown,
 )
 from tidings.exceptions import (
@@ -64,6 +67,8 @@ from tidings.exceptions import (
     NotFound,
 )
 from tidings.store.ports import Store
+
+log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "tdk_"
 _TEMPLATED_ORIGIN = re.compile(r"^[^/]*//[^/?#]*[{%]")  # a placeholder in scheme, host or port
@@ -155,6 +160,24 @@ class Service:
         return await self.accept(
             NewMessage(tenant_id, "email", request, idempotency_key, hashed, email)
         )
+
+    async def count_queue(self) -> tuple[Mapping[DeliveryState, int], float]:
+        """The deliveries in each state, and how long the one waiting longest since it
+        fell due has waited (0: none), as told to the bus (:class:`QueueCounted`)."""
+        now = self._clock.now()
+        oldest = await self._store.oldest_due(now)
+        waited = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+        depth = await self._store.queue_depth()
+        self._events.emit(QueueCounted(depth, waited))
+        return depth, waited
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forget the Idempotency-Keys older than ``TIDINGS_IDEMPOTENCY_TTL``; how many."""
+        before = self._clock.now() - self._settings.idempotency_ttl
+        purged = await self._store.purge_idempotency_keys(before)
+        if purged:
+            log.info("idempotency_keys_purged", count=purged)
+        return purged
 
     async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
         ttl = self._settings.idempotency_ttl.total_seconds()
