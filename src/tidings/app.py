@@ -121,9 +121,7 @@ class Tidings:
             EndpointKind.EMAIL: self.emails,
         }
         self.dispatcher = Dispatcher(self.store, channels, settings, self.events, self.clock, rng)
-        self.health = HealthMonitor(
-            self.store, self.dispatcher, self.channel, self.events, self.clock, settings
-        )
+        self.health = HealthMonitor(self.store, self.channel, self.events, self.clock, settings)
         self.service = Service(
             self.store, self.clock, settings, self.guard, self.events, self.health, self.emails
         )

@@ -40,7 +40,6 @@ from tidings.domain.models import Endpoint, EndpointKind, Suspension
 from tidings.domain.notices import Facts, NoticeKind
 from tidings.domain.retry import DeadReason
 from tidings.email.notices import LAST_ERRORS, notice
-from tidings.engine.dispatcher import Dispatcher
 from tidings.events import Bus, DeliveriesEnded, HeldCounted, NoticeSent
 from tidings.exceptions import Conflict, NotFound
 from tidings.store.ports import Store
@@ -67,14 +66,12 @@ class HealthMonitor:
     def __init__(
         self,
         store: Store,
-        dispatcher: Dispatcher,
         channel: WebhookTransport,
         events: Bus,
         clock: Clock,
         settings: Settings,
     ) -> None:
         self._store = store
-        self._dispatcher = dispatcher
         self._channel = channel
         self._events = events
         self._clock = clock
@@ -165,10 +162,9 @@ class HealthMonitor:
         if not published_now:
             return False
         log.warning("endpoint_notice", kind=kind, endpoint_id=endpoint.id, reason=facts.reason)
+        # The email (and the event's deliveries) are due now, and the email may have made
+        # the tenant's email lane: the store told the dispatcher so ("endpoints").
         self._events.emit(NoticeSent(kind, endpoint.id))
-        # The email (and the event's deliveries) are due now; the email may have made
-        # the tenant's email lane, which the dispatcher has not seen yet.
-        self._dispatcher.endpoints_changed()
         return True
 
     # suspension and resumption -------------------------------------------------------
@@ -184,7 +180,6 @@ class HealthMonitor:
             raise NotFound(f"no endpoint {endpoint.id!r}")
         suspension, held = done
         log.warning("endpoint_suspended", endpoint_id=endpoint.id, reason=reason, by=by, held=held)
-        self._dispatcher.endpoints_changed()
         policy = endpoint.policy
         self._probing[endpoint.id] = _Probing(
             now + timedelta(seconds=policy.breaker_cool_down_s),
@@ -208,7 +203,6 @@ class HealthMonitor:
         suspension, drained = done
         log.info("endpoint_resumed", endpoint_id=endpoint.id, by=by, drained=drained)
         self._probing.pop(endpoint.id, None)
-        self._dispatcher.schedule_changed()
         facts = replace(before, reason=f"resumed by {by}", held=drained, drained=drained, by=by)
         await self._notify(NoticeKind.RESUMED, endpoint, facts, now, dedupe=False)
         return suspension, drained
