@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -146,9 +147,15 @@ class Tidings:
         self._supervise("ingest", self.service.ingest.run)
         self._supervise("queue-depth", self._every(DEPTH_INTERVAL_S, self.service.count_queue))
         loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
 
-        def hear(changed: Changed) -> None:  # on the thread that wrote, or the listener's
-            if not loop.is_closed():
+        def hear(changed: Changed) -> None:
+            """At once on the loop's thread (this process's writes, as their answers come
+            back: a revoked key is forgotten before the revocation is answered); from
+            another thread (the store's listener), by way of the loop."""
+            if threading.get_ident() == loop_thread:
+                self._heard(changed)
+            elif not loop.is_closed():
                 loop.call_soon_threadsafe(self._heard, changed)
 
         # Every role listens: an API process must hear of a key revoked elsewhere.
@@ -177,8 +184,8 @@ class Tidings:
 
     def _heard(self, changed: Changed) -> None:
         """A write committed ``changed``, this process's or another's (see Store.listen).
-        A revoked key is forgotten before the revoking request is answered: the store
-        tells this before the write's own answer reaches the loop."""
+        New work wakes the dispatcher on the loop's next turn, once the writer (an
+        ingest batch) has handed out its answers: the replies go out before it claims."""
         news = changed.news
         if news == Change.KEYS:
             self.keys.forget()
@@ -189,7 +196,7 @@ class Tidings:
         elif news == Change.ENDPOINTS:
             self.dispatcher.endpoints_changed()
         else:  # new work; an ingest's names its endpoints, for the dispatcher to look at
-            self.dispatcher.wake(changed.endpoint_ids)
+            asyncio.get_running_loop().call_soon(self.dispatcher.wake, changed.endpoint_ids)
 
     def _led(self, duty: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
         """``duty``, run only by the process that leads (one per store at a time)."""

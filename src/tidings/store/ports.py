@@ -89,7 +89,8 @@ class Lifecycle(Protocol):
         until its cache entry expires. Whenever another process's news may have been
         missed (the listening connection was lost and made again), every kind is heard
         once, so that each cache reads what it keeps again. ``hear`` must be quick and
-        must not raise: it runs on the thread that wrote."""
+        must not raise; it may run on any thread (the caller's, as a write's answer
+        comes back, or one of the store's own)."""
 
     async def lead(self) -> bool:
         """Whether this process is the one that runs the singleton duties (health

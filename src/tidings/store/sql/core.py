@@ -143,11 +143,36 @@ class SqlCore:
         # What each write transaction under way announced, told once it commits. By
         # connection, not in its ``info``: a connection lost mid-write gets a new one.
         self._news: dict[Connection, list[Changed]] = {}
+        self._local = threading.local()  # a writer thread's: what its hand-off will tell
 
     async def _writing(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer, partial(self._locked, fn)
+        done = await asyncio.get_running_loop().run_in_executor(
+            self._writer, partial(self._locked, partial(self._collecting, fn))
         )
+        return self._told(done)
+
+    def _collecting(self, fn: Callable[[], T]) -> tuple[T, list[Changed]]:
+        """Run ``fn`` on a writer thread, keeping what its writes committed for the
+        hand-off to tell (:meth:`_told`) once the answer is back on the caller's loop: a
+        listener then hears of a write as its caller gets the answer, not before (the
+        replies to an ingest go out before the dispatcher it wakes claims). What was
+        committed before ``fn`` failed is told at once."""
+        news: list[Changed] = []
+        self._local.news = news
+        try:
+            return fn(), news
+        except BaseException:
+            for changed in news:
+                self._tell(changed)
+            raise
+        finally:
+            self._local.news = None
+
+    def _told(self, done: tuple[T, list[Changed]]) -> T:
+        result, news = done
+        for changed in news:
+            self._tell(changed)
+        return result
 
     async def _writing_hot(self, fn: Callable[[], T]) -> T:
         """A claim or a result write: inline if allowed and the store is free, else
@@ -188,9 +213,14 @@ class SqlCore:
             finally:
                 del self._news[conn]
                 conn.close()
-        # Committed (a rollback raised above): now, and only now, it may be heard.
-        for changed in news:
-            self._tell(changed)
+        # Committed (a rollback raised above): now, and only now, it may be heard; by
+        # the hand-off running this write if there is one (see _collecting), else now.
+        pending: list[Changed] | None = getattr(self._local, "news", None)
+        if pending is not None:
+            pending.extend(news)
+        else:
+            for changed in news:
+                self._tell(changed)
 
     def _tell(self, changed: Changed) -> None:
         """Tell this process's listeners (see :meth:`listen`); one that fails is logged,

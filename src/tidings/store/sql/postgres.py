@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -195,7 +196,8 @@ class PostgresStore(SqlStore):
         loop = asyncio.get_running_loop()
         for attempt in range(1, RETRIES + 1):
             try:
-                return await loop.run_in_executor(self._writer, fn)
+                done = await loop.run_in_executor(self._writer, partial(self._collecting, fn))
+                return self._told(done)
             except StoreError as exc:
                 if attempt == RETRIES or not _retryable(exc):
                     raise
