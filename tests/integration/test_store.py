@@ -1,4 +1,6 @@
-"""The Store contract, run against every backend."""
+"""What only one backend of the store does: SQLite's file and its flush level, PostgreSQL's
+several processes on one database. The behaviour every backend shares is the contract
+suite's (``tests/contract``)."""
 
 from __future__ import annotations
 
@@ -15,23 +17,32 @@ from support import KEYRING, an_endpoint
 from tidings import ids
 from tidings.domain.models import (
     Accepted,
-    Attempt,
-    AttemptResult,
     Claimed,
-    DeliveryFilter,
-    DeliveryState,
-    EmailOutcome,
-    EmailRequest,
     NewMessage,
-    ReplaySelector,
     Tenant,
 )
-from tidings.exceptions import Conflict, StoreError, StoreUnavailable
+from tidings.exceptions import StoreError, StoreUnavailable
 from tidings.store import Changed, Store, open_store
 from tidings.store.sql.store import SqlStore
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TTL = 24 * 3600.0
+
+
+async def _tenant(store: Store) -> str:
+    tenant = Tenant(ids.new_id(ids.TENANT), "acme", "ops@acme.example", NOW)
+    await store.create_tenant(tenant)
+    return tenant.id
+
+
+def _message(tenant_id: str, key: str | None = None, body: bytes = b"{}") -> NewMessage:
+    return NewMessage(tenant_id, "order.paid", body, key, f"hash-of-{body!r}")
+
+
+async def _accept(store: Store, *batch: NewMessage) -> list[Accepted]:
+    results = await store.ingest(batch, NOW, TTL)
+    assert all(isinstance(r, Accepted) for r in results)
+    return results  # type: ignore[return-value]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,28 +56,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await found.open_secrets(KEYRING)
     yield found
     await found.close()
-
-
-async def _tenant(store: Store) -> str:
-    tenant = Tenant(ids.new_id(ids.TENANT), "acme", "ops@acme.example", NOW)
-    await store.create_tenant(tenant)
-    return tenant.id
-
-
-async def _endpoint(store: Store, tenant_id: str, event_types: tuple[str, ...] = ()) -> str:
-    endpoint = an_endpoint(tenant_id=tenant_id, event_types=event_types, now=NOW)
-    await store.create_endpoint(endpoint)
-    return endpoint.id
-
-
-def _message(tenant_id: str, key: str | None = None, body: bytes = b"{}") -> NewMessage:
-    return NewMessage(tenant_id, "order.paid", body, key, f"hash-of-{body!r}")
-
-
-async def _accept(store: Store, *batch: NewMessage) -> list[Accepted]:
-    results = await store.ingest(batch, NOW, TTL)
-    assert all(isinstance(r, Accepted) for r in results)
-    return results  # type: ignore[return-value]
 
 
 async def test_sqlite_commits_are_durable(tmp_path: Path) -> None:
@@ -88,178 +77,6 @@ async def test_sqlite_connections_sync_fully(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_ingest_fans_out_to_matching_active_endpoints(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    everything = await _endpoint(store, tenant_id)
-    orders = await _endpoint(store, tenant_id, ("order.paid",))
-    await _endpoint(store, tenant_id, ("user.created",))
-    other_tenant = await _tenant(store)
-    await _endpoint(store, other_tenant)
-
-    [accepted] = await _accept(store, _message(tenant_id))
-
-    assert sorted(e for _, e in accepted.deliveries) == sorted([everything, orders])
-
-
-async def test_idempotency_key_replays_or_conflicts_within_one_batch_and_across(
-    store: Store,
-) -> None:
-    tenant_id = await _tenant(store)
-    await _endpoint(store, tenant_id)
-
-    first, again, other = await store.ingest(
-        [
-            _message(tenant_id, "k1"),
-            _message(tenant_id, "k1"),
-            _message(tenant_id, "k1", b'{"x":1}'),
-        ],
-        NOW,
-        TTL,
-    )
-    later = (await store.ingest([_message(tenant_id, "k1")], NOW + timedelta(hours=1), TTL))[0]
-
-    assert isinstance(first, Accepted)
-    assert not first.replayed
-    assert isinstance(again, Accepted)
-    assert again.replayed
-    assert again.message_id == first.message_id
-    assert again.deliveries == first.deliveries
-    assert isinstance(other, Conflict)
-    assert isinstance(later, Accepted)
-    assert later.message_id == first.message_id
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=100)
-    assert len(page.items) == 1
-
-
-async def test_an_idempotency_key_past_its_ttl_is_new_again(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    [first] = await _accept(store, _message(tenant_id, "k"))
-
-    [second] = await store.ingest([_message(tenant_id, "k")], NOW + timedelta(hours=25), TTL)
-
-    assert isinstance(second, Accepted)
-    assert not second.replayed
-    assert second.message_id != first.message_id
-
-
-async def test_claim_is_fair_across_endpoints(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    busy = await _endpoint(store, tenant_id, ("bulk",))
-    quiet = await _endpoint(store, tenant_id, ("single",))
-    bulk = [NewMessage(tenant_id, "bulk", b"{}", None, "h") for _ in range(500)]
-    await _accept(store, *bulk)
-    await _accept(store, NewMessage(tenant_id, "single", b"{}", None, "h"))
-
-    claimed = await store.claim({busy: 10, quiet: 10}, NOW, NOW + timedelta(minutes=1))
-
-    per_endpoint = {e: sum(1 for c in claimed if c.endpoint_id == e) for e in (busy, quiet)}
-    assert per_endpoint == {busy: 10, quiet: 1}
-    again = await store.claim({busy: 10, quiet: 10}, NOW, NOW + timedelta(minutes=1))
-    assert not {c.delivery_id for c in again} & {c.delivery_id for c in claimed}
-
-
-async def test_an_expired_lease_returns_the_delivery_to_pending(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    endpoint = await _endpoint(store, tenant_id)
-    await _accept(store, _message(tenant_id))
-    [claimed] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=30))
-
-    assert await store.reclaim_expired_leases(NOW + timedelta(seconds=29)) == 0
-    assert await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=30)) == []
-    assert await store.next_wakeup(NOW) == NOW + timedelta(seconds=30)
-    assert await store.reclaim_expired_leases(NOW + timedelta(seconds=30)) == 1
-
-    [again] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=30))
-    assert again.delivery_id == claimed.delivery_id
-
-
-def _result(
-    claimed: Claimed,
-    state: DeliveryState,
-    status: int = 204,
-    next_at: datetime | None = None,
-    reason: str | None = None,
-) -> AttemptResult:
-    attempt = Attempt(ids.new_id(ids.ATTEMPT), claimed.delivery_id, 1, NOW, 3.5, status, None, "")
-    return AttemptResult(
-        claimed.delivery_id,
-        claimed.endpoint_id,
-        attempt,
-        state,
-        next_at,
-        reason,
-        claimed.lease_until,
-    )
-
-
-async def test_results_are_written_back_and_counted(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    endpoint = await _endpoint(store, tenant_id)
-    accepted = await _accept(store, _message(tenant_id), _message(tenant_id))
-    first, second = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
-    retry_at = NOW + timedelta(seconds=5)
-
-    await store.record_results(
-        [
-            _result(first, DeliveryState.SUCCEEDED),
-            _result(second, DeliveryState.PENDING, 503, next_at=retry_at),
-        ],
-        NOW,
-    )
-
-    depth = await store.queue_depth()
-    assert depth[DeliveryState.SUCCEEDED] == 1
-    assert depth[DeliveryState.PENDING] == 1
-    assert await store.next_wakeup(NOW) == retry_at
-    detail = await store.get_message(tenant_id, accepted[1].message_id)
-    assert detail is not None
-    attempts = [a for batch in detail.attempts.values() for a in batch]
-    assert len(attempts) == 1
-    assert attempts[0].duration_ms == 3.5
-
-
-async def test_a_result_under_a_lost_lease_changes_nothing(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    endpoint = await _endpoint(store, tenant_id)
-    await _accept(store, _message(tenant_id))
-    [stale] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(seconds=1))
-    later = NOW + timedelta(seconds=2)
-    await store.reclaim_expired_leases(later)
-    [fresh] = await store.claim({endpoint: 5}, later, later + timedelta(minutes=1))
-
-    await store.record_results([_result(stale, DeliveryState.DEAD, 500, reason="x: y")], later)
-
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
-    [delivery] = page.items
-    assert delivery.state is DeliveryState.IN_FLIGHT  # the fresh claim still decides
-    await store.record_results([_result(fresh, DeliveryState.SUCCEEDED)], later)
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
-    assert page.items[0].state is DeliveryState.SUCCEEDED
-    assert page.items[0].attempts == 1
-
-
-async def test_replay_returns_dead_deliveries_to_pending(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    endpoint = await _endpoint(store, tenant_id)
-    await _accept(store, _message(tenant_id))
-    [claimed] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
-    await store.record_results(
-        [_result(claimed, DeliveryState.DEAD, 500, reason="exhausted: x")], NOW
-    )
-
-    other_tenant = await _tenant(store)
-    assert await store.replay(other_tenant, ReplaySelector(ids=(claimed.delivery_id,)), NOW) == 0
-    assert await store.replay(tenant_id, ReplaySelector(endpoint_id=endpoint), NOW) == 1
-
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
-    [delivery] = page.items
-    assert delivery.state is DeliveryState.PENDING
-    assert delivery.attempts == 1  # the history stays
-    assert delivery.dead_reason is None
-    [again] = await store.claim({endpoint: 5}, NOW, NOW + timedelta(minutes=1))
-    assert again.attempt_in_round == 1  # the retry schedule starts over
-
-
 def _hearing(heard: list[Changed]) -> Callable[[Changed], None]:
     """A listener that keeps what this process's own writes told (on the thread that
     wrote), not what PostgreSQL's listener relays (another process's, or its echo)."""
@@ -269,22 +86,6 @@ def _hearing(heard: list[Changed]) -> Callable[[Changed], None]:
             heard.append(changed)
 
     return hear
-
-
-async def test_a_committed_write_is_heard_in_process_before_it_returns(store: Store) -> None:
-    heard: list[Changed] = []
-    await store.listen(_hearing(heard))
-    tenant_id = await _tenant(store)
-    assert heard == []  # a new tenant changes nothing a listener keeps
-    endpoint = await _endpoint(store, tenant_id)
-    assert heard == [Changed("endpoints")]
-    heard.clear()
-
-    await _accept(store, _message(tenant_id, key="k1"), _message(tenant_id, key="k2"))
-    assert heard == [Changed("work", (endpoint,))]  # the endpoints named, once each
-    heard.clear()
-    await _accept(store, _message(tenant_id, key="k1"))  # replayed: nothing new
-    assert heard == []
 
 
 async def test_a_write_that_rolls_back_is_never_heard(store: Store) -> None:
@@ -300,25 +101,9 @@ async def test_a_write_that_rolls_back_is_never_heard(store: Store) -> None:
     with pytest.raises(RuntimeError):
         await store._writing(announce_then_fail)
     tenant_id = await _tenant(store)
-    await _endpoint(store, tenant_id)  # the next write is heard, alone
+    endpoint = an_endpoint(tenant_id=tenant_id, now=NOW)
+    await store.create_endpoint(endpoint)  # the next write is heard, alone
     assert heard == [Changed("endpoints")]
-
-
-async def test_concurrent_writers_all_commit(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    await _endpoint(store, tenant_id)
-
-    await asyncio.gather(*(_accept(store, _message(tenant_id)) for _ in range(50)))
-
-    assert (await store.queue_depth())[DeliveryState.PENDING] == 50
-
-
-async def test_purge_forgets_old_idempotency_keys(store: Store) -> None:
-    tenant_id = await _tenant(store)
-    await _accept(store, _message(tenant_id, "old"))
-
-    assert await store.purge_idempotency_keys(NOW + timedelta(seconds=1)) == 1
-    assert await store.purge_idempotency_keys(NOW + timedelta(seconds=1)) == 0
 
 
 async def test_a_store_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
@@ -328,69 +113,6 @@ async def test_a_store_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> N
     with pytest.raises(StoreError):  # StoreUnavailable is a StoreError
         await store.migrate()
     await store.close()
-
-
-async def test_release_returns_unstarted_claims_and_ends_those_of_gone_endpoints(
-    store: Store,
-) -> None:
-    tenant_id = await _tenant(store)
-    kept = await _endpoint(store, tenant_id, ("a",))
-    deleted = await _endpoint(store, tenant_id, ("b",))
-    await _accept(store, NewMessage(tenant_id, "a", b"{}", None, "h"))
-    await _accept(store, NewMessage(tenant_id, "b", b"{}", None, "h"))
-    claimed = await store.claim({kept: 5, deleted: 5}, NOW, NOW + timedelta(minutes=1))
-    await store.delete_endpoint(tenant_id, deleted, NOW)
-
-    assert await store.release(claimed, NOW) == 2
-
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
-    states = {d.endpoint_id: (d.state, d.dead_reason) for d in page.items}
-    assert states[kept] == (DeliveryState.PENDING, None)
-    assert states[deleted] == (DeliveryState.DEAD, "deleted: the endpoint was deleted")
-
-
-async def test_a_late_email_result_settles_nothing_and_publishes_no_callback(
-    store: Store,
-) -> None:
-    """The first claim's lease ran out and the email was claimed again: the first
-    attempt's result is kept as an attempt, but neither the email nor its callback
-    follow it; the second's do."""
-    tenant_id = await _tenant(store)
-    await _endpoint(store, tenant_id, event_types=("email.failed", "email.delivered"))
-    request = EmailRequest("ada@example.com", "confirm")
-    [accepted] = await _accept(store, NewMessage(tenant_id, "email", b"{}", None, "h", request))
-    [(delivery_id, lane_id)] = accepted.deliveries
-
-    first_lease = NOW + timedelta(seconds=60)
-    [first] = await store.claim({lane_id: 1}, NOW, first_lease)
-    later = first_lease + timedelta(seconds=1)
-    assert await store.reclaim_expired_leases(later) == 1
-    second_lease = later + timedelta(seconds=60)
-    [second] = await store.claim({lane_id: 1}, later, second_lease)
-
-    def result(job: Claimed, state: DeliveryState, event: str) -> AttemptResult:
-        callback = NewMessage(tenant_id, event, b'{"by": "%s"}' % event.encode(), None, "")
-        outcome = EmailOutcome(job.message_id, None, "no lookup", event, None, callback)
-        attempt = Attempt(ids.new_id(ids.ATTEMPT), delivery_id, 1, later, 1.0, 250, None, "")
-        reason = "rejected: SMTP 550" if state is DeliveryState.DEAD else None
-        return AttemptResult(
-            delivery_id, lane_id, attempt, state, None, reason, job.lease_until, email=outcome
-        )
-
-    await store.record_results([result(first, DeliveryState.DEAD, "email.failed")], later)
-    detail = await store.get_email(tenant_id, accepted.message_id)
-    assert detail is not None
-    assert detail.email.subject is None  # untouched by the late result
-    assert detail.message.deliveries[0].state is DeliveryState.IN_FLIGHT
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
-    assert [d.message_id for d in page.items] == [accepted.message_id]  # no callback
-
-    await store.record_results([result(second, DeliveryState.SUCCEEDED, "email.delivered")], later)
-    detail = await store.get_email(tenant_id, accepted.message_id)
-    assert detail is not None
-    assert detail.email.subject == "email.delivered"
-    page = await store.list_deliveries(tenant_id, DeliveryFilter(), cursor=None, limit=10)
-    assert len(page.items) == 2  # the email's and its callback's
 
 
 # PostgreSQL: several processes on one database --------------------------------------

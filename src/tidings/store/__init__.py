@@ -6,7 +6,12 @@ from tidings.store.ports import Changed, Store
 
 
 def open_store(url: str) -> Store:
-    """The store for a database URL: ``sqlite:///path`` or ``postgresql://…``."""
+    """The store for a database URL: ``sqlite:///path``, ``postgresql://…``, or
+    ``memory://`` (kept in this process only, gone when it stops)."""
+    if url.startswith("memory:"):
+        from tidings.store.memory import MemoryStore
+
+        return MemoryStore()
     if url.startswith("sqlite"):
         from tidings.store.sql.sqlite import SqliteStore
 
@@ -16,7 +21,7 @@ def open_store(url: str) -> Store:
 
         return PostgresStore(url)
     raise ValueError(
-        f"unsupported database URL {url!r}: use sqlite:///path or postgresql://user@host/db"
+        f"unsupported database URL {url!r}: use sqlite:///path, postgresql://user@host/db or memory://"
     )
 
 
