@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from tidings import ids
+from tidings.domain import fanout
 from tidings.domain.alarms import Minute
 from tidings.domain.circuit import Breaker, CircuitState
 from tidings.domain.models import (
@@ -74,11 +75,10 @@ def resume(
     held = sorted(
         tables.waiting_of(endpoint_id, DeliveryState.HELD), key=lambda r: (r.created_at, r.id)
     )
-    step = timedelta(seconds=1 / drain_rate_per_s)
-    for i, row in enumerate(held):
+    for row, due in fanout.drain_schedule(held, now, drain_rate_per_s):
         tables.move(row, DeliveryState.PENDING, now)
         row.retry_base = row.attempts
-        row.next_attempt_at = now + i * step
+        row.next_attempt_at = due
     for key in [k for k in tables.minutes if k[0] == endpoint_id]:
         del tables.minutes[key]
     tables.breakers[endpoint_id] = (Breaker(state=CircuitState.CLOSED), now)

@@ -1,67 +1,29 @@
 """Ingest into memory: idempotency keys, fan-out to endpoints, a tenant's email lane.
 
-The same steps as the SQL stores' ingest transaction, in the same order, so the
-answers are the same: a key past its time-to-live is forgotten before the batch
-is looked up; a key seen before (in the store or earlier in the batch) answers
-its first acceptance again with the same request hash, or a conflict; each new
-message gets one delivery per subscribed endpoint, or (an email) one to the
-tenant's email lane, made by its first email.
+The same steps as the SQL stores' ingest transaction, in the same order, and the
+same rules (:mod:`tidings.domain.fanout`), so the answers are the same: a key past
+its time-to-live is forgotten before the batch is looked up; a key seen before (in
+the store or earlier in the batch) answers its first acceptance again with the same
+request hash, or a conflict; each new message gets one delivery per subscribed
+endpoint, or (an email) one to the tenant's email lane, made by its first email.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from tidings import ids
+from tidings.domain import fanout
 from tidings.domain.models import (
     Accepted,
-    DeliveryState,
     EmailRecord,
     Endpoint,
-    EndpointKind,
-    EndpointState,
     Message,
     NewMessage,
 )
 from tidings.exceptions import Conflict
 from tidings.store.memory.tables import DeliveryRow, IdempotencyRow, Tables, require
-
-EMAIL_LANE_MAX_IN_FLIGHT = 10  # emails of one tenant in flight at once (as the SQL stores)
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where one new message goes, and how its delivery starts."""
-
-    endpoint: Endpoint
-    state: DeliveryState
-    due: datetime
-
-
-def _fan_out(new: NewMessage, endpoints: Sequence[Endpoint], now: datetime) -> list[_Target]:
-    """The business rules of ingest, in one place: which of the tenant's endpoints
-    (active or suspended, email lane included) get ``new``, and how each delivery
-    starts. A webhook message goes to every webhook endpoint that accepts its type, an
-    email to the lane alone. A suspended endpoint's delivery is held; an endpoint's own
-    retry schedule may delay even the first attempt (its first entry)."""
-    if new.email is None:
-        chosen = [
-            ep for ep in endpoints if ep.kind is EndpointKind.WEBHOOK and ep.accepts(new.event_type)
-        ]
-    else:
-        chosen = [ep for ep in endpoints if ep.kind is EndpointKind.EMAIL][:1]
-    return [
-        _Target(
-            endpoint=ep,
-            state=(
-                DeliveryState.HELD if ep.state is EndpointState.SUSPENDED else DeliveryState.PENDING
-            ),
-            due=now + timedelta(seconds=ep.retry_schedule[0] if ep.retry_schedule else 0.0),
-        )
-        for ep in chosen
-    ]
 
 
 def ingest(
@@ -82,8 +44,10 @@ def ingest(
         if new.tenant_id not in fan_out:
             fan_out[new.tenant_id] = _endpoints_of(tables, new.tenant_id)
         endpoints = fan_out[new.tenant_id]
-        if new.email is not None and not any(ep.kind is EndpointKind.EMAIL for ep in endpoints):
-            endpoints.append(_make_email_lane(tables, new.tenant_id, now))
+        if new.email is not None and fanout.email_lane(endpoints) is None:
+            lane = fanout.new_email_lane(ids.new_id(ids.ENDPOINT), new.tenant_id, now)
+            tables.put_endpoint(lane)
+            endpoints.append(tables.endpoint(lane.id))
         accepted = _accept(tables, new, endpoints, now)
         results.append(accepted)
         if key:
@@ -96,7 +60,12 @@ def ingest(
 
 def _accept(tables: Tables, new: NewMessage, endpoints: list[Endpoint], now: datetime) -> Accepted:
     message_id = ids.new_id(ids.MESSAGE if new.email is None else ids.EMAIL)
-    targets = _fan_out(new, endpoints, now)
+    if new.email is None:
+        targets = fanout.targets(new, endpoints)
+    else:
+        lane = fanout.email_lane(endpoints)
+        assert lane is not None, "ingest makes a tenant's lane before its first email"
+        targets = [lane]
     pairs = tuple((ids.new_id(ids.DELIVERY), target) for target in targets)
     tables.messages[message_id] = Message(
         id=message_id,
@@ -112,9 +81,9 @@ def _accept(tables: Tables, new: NewMessage, endpoints: list[Endpoint], now: dat
                 id=delivery_id,
                 message_id=message_id,
                 tenant_id=new.tenant_id,
-                endpoint_id=target.endpoint.id,
-                state=target.state,
-                next_attempt_at=target.due,
+                endpoint_id=target.id,
+                state=fanout.first_state(target),
+                next_attempt_at=fanout.first_attempt_at(target, now),
                 created_at=now,
                 updated_at=now,
             )
@@ -133,31 +102,7 @@ def _accept(tables: Tables, new: NewMessage, endpoints: list[Endpoint], now: dat
             created_at=now,
             sent_at=None,
         )
-    return Accepted(message_id, tuple((d_id, t.endpoint.id) for d_id, t in pairs))
-
-
-def _make_email_lane(tables: Tables, tenant_id: str, now: datetime) -> Endpoint:
-    """The tenant's email lane, made by its first email."""
-    lane = Endpoint(
-        id=ids.new_id(ids.ENDPOINT),
-        tenant_id=tenant_id,
-        url="email:",
-        description="the tenant's emails",
-        event_types=(),
-        secret="",
-        previous_secret=None,
-        previous_secret_expires_at=None,
-        max_in_flight=EMAIL_LANE_MAX_IN_FLIGHT,
-        rate_limit_per_s=None,
-        retry_schedule=None,
-        state=EndpointState.ACTIVE,
-        disabled_reason=None,
-        created_at=now,
-        updated_at=now,
-        kind=EndpointKind.EMAIL,
-    )
-    tables.put_endpoint(lane)
-    return tables.endpoint(lane.id)
+    return Accepted(message_id, tuple((d_id, target.id) for d_id, target in pairs))
 
 
 def _known_keys(
@@ -179,7 +124,7 @@ def _endpoints_of(tables: Tables, tenant_id: str) -> list[Endpoint]:
     return [
         tables.endpoint(ep.id)
         for ep in sorted(tables.endpoints.values(), key=lambda ep: ep.id)
-        if ep.tenant_id == tenant_id and ep.state in (EndpointState.ACTIVE, EndpointState.SUSPENDED)
+        if ep.tenant_id == tenant_id and fanout.receives(ep)
     ]
 
 

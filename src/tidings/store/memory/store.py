@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tidings.crypto import PREFIX, Keyring
+from tidings.domain import fanout
 from tidings.domain.alarms import Minute
 from tidings.domain.circuit import Breaker
 from tidings.domain.models import (
@@ -451,10 +452,7 @@ class MemoryStore(Store):
         endpoint = t.webhook_endpoint(tenant_id, endpoint_id)
         if endpoint is None:
             return None
-        rate = endpoint.policy.drain_rate_per_s
-        if endpoint.rate_limit_per_s:
-            rate = min(rate, endpoint.rate_limit_per_s)
-        resumed = health.resume(t, endpoint_id, by, now, rate)
+        resumed = health.resume(t, endpoint_id, by, now, fanout.drain_rate(endpoint))
         self._announce(SCHEDULE)
         return resumed
 
