@@ -169,18 +169,14 @@ class MemoryStore(Store):
         t = self._t
         require(t.tenants, key.tenant_id, "tenant")
         unique(t.api_keys, key.id, "api key")
-        unique({k.key_hash for k in t.api_keys.values()}, key.key_hash, "api key hash")
+        unique(t.api_key_of_hash, key.key_hash, "api key hash")
         t.api_keys[key.id] = key
+        t.api_key_of_hash[key.key_hash] = key.id
 
     async def api_key_for_hash(self, key_hash: str) -> ApiKey | None:
-        return next(
-            (
-                k
-                for k in self._t.api_keys.values()
-                if k.key_hash == key_hash and k.revoked_at is None
-            ),
-            None,
-        )
+        t = self._t
+        key = t.api_keys.get(t.api_key_of_hash.get(key_hash, ""))
+        return key if key is not None and key.revoked_at is None else None
 
     async def list_api_keys(
         self, tenant_id: str, *, cursor: str | None, limit: int

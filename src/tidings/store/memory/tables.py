@@ -97,6 +97,8 @@ class Tables:
     settings: dict[str, str] = field(default_factory=dict)
     tenants: dict[str, Tenant] = field(default_factory=dict)
     api_keys: dict[str, ApiKey] = field(default_factory=dict)
+    api_key_of_hash: dict[str, str] = field(default_factory=dict)
+    """Key hash to key id: each request's authentication looks one up."""
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     """Kept without their tenant's alarm policy: :meth:`endpoint` adds it as read."""
     deleted_at: dict[str, datetime] = field(default_factory=dict)
@@ -120,6 +122,11 @@ class Tables:
         default_factory=lambda: {state: {} for state in DeliveryState}
     )
     of_endpoint: dict[str, dict[str, DeliveryRow]] = field(default_factory=dict)
+    of_endpoint_in: dict[tuple[str, DeliveryState], dict[str, DeliveryRow]] = field(
+        default_factory=dict
+    )
+    """By endpoint and state: what a claim or a suspension looks through is what waits,
+    not every delivery the endpoint ever had."""
     of_message: dict[str, list[DeliveryRow]] = field(default_factory=dict)
 
     # deliveries ---------------------------------------------------------------------
@@ -130,19 +137,25 @@ class Tables:
         self.deliveries[row.id] = row
         self.in_state[row.state][row.id] = row
         self.of_endpoint.setdefault(row.endpoint_id, {})[row.id] = row
+        self.of_endpoint_in.setdefault((row.endpoint_id, row.state), {})[row.id] = row
         self.of_message.setdefault(row.message_id, []).append(row)
 
     def move(self, row: DeliveryRow, state: DeliveryState, now: datetime) -> None:
         """Put ``row`` in ``state`` (written at ``now``)."""
         del self.in_state[row.state][row.id]
+        del self.of_endpoint_in[row.endpoint_id, row.state][row.id]
         row.state = state
         row.updated_at = now
         self.in_state[state][row.id] = row
+        self.of_endpoint_in.setdefault((row.endpoint_id, state), {})[row.id] = row
 
     def waiting_of(self, endpoint_id: str, *states: DeliveryState) -> list[DeliveryRow]:
         """The endpoint's deliveries in any of ``states``."""
-        rows = self.of_endpoint.get(endpoint_id, {}).values()
-        return [row for row in rows if row.state in states]
+        return [
+            row
+            for state in states
+            for row in self.of_endpoint_in.get((endpoint_id, state), {}).values()
+        ]
 
     # endpoints ----------------------------------------------------------------------
 

@@ -44,10 +44,8 @@ def claim(tables: Tables, slots: Mapping[str, int], now: datetime, lease_until: 
             continue
         due = (
             row
-            for row in tables.of_endpoint.get(endpoint_id, {}).values()
-            if row.state is DeliveryState.PENDING
-            and row.next_attempt_at is not None
-            and row.next_attempt_at <= now
+            for row in tables.waiting_of(endpoint_id, DeliveryState.PENDING)
+            if row.next_attempt_at is not None and row.next_attempt_at <= now
         )
         picked += heapq.nsmallest(n, due, key=_due_order)
     picked.sort(key=_due_order)
