@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from tidings.crypto import PREFIX, Keyring
@@ -113,6 +114,10 @@ class MemoryStore(Store):
         _ = self._t
 
     # the secrets' keys ------------------------------------------------------------------
+
+    def key_file(self) -> Path | None:
+        """None: nothing is kept beside a store in memory, so the key must be given."""
+        return None
 
     async def open_secrets(self, keyring: Keyring) -> int:
         """Check ``keyring`` against the canary the first keys sealed (kept in the
