@@ -75,14 +75,18 @@ class MemoryStore(Store):
 
     @property
     def _t(self) -> Tables:
+        return self._open()
+
+    def _open(self) -> Tables:
         """The tables, while the store is open (a closed store answers nothing, as the
         SQL stores' closed connections do)."""
         if self._closed:
             raise StoreUnavailable("the store is closed")
         return self._tables
 
-    @property
-    def _keys(self) -> Keyring:
+    def _given_keys(self) -> Keyring:
+        """The keys from :meth:`open_secrets`: asked for wherever the SQL stores would
+        seal or open a secret, so that a caller who forgot them fails here too."""
         if self._keyring is None:
             raise EncryptionKeyError("the store's secrets are locked: no encryption key given")
         return self._keyring
@@ -95,23 +99,23 @@ class MemoryStore(Store):
 
     async def migrate(self) -> None:
         """Nothing to migrate: the tables are the records themselves."""
-        _ = self._t
+        self._open()
 
     async def close(self) -> None:
         self._closed = True
         self._listeners.clear()
 
     async def listen(self, hear: Callable[[str], None]) -> None:
-        _ = self._t
+        self._open()
         self._listeners.append(hear)
 
     async def lead(self) -> bool:
         """One process keeps the store: it always leads."""
-        _ = self._t
+        self._open()
         return True
 
     async def ping(self) -> None:
-        _ = self._t
+        self._open()
 
     # the secrets' keys ------------------------------------------------------------------
 
@@ -132,13 +136,14 @@ class MemoryStore(Store):
         return 0
 
     async def stale_secrets(self) -> int:
-        _ = self._t, self._keys
+        self._open()
+        self._given_keys()
         return 0
 
     async def reseal_secrets(self, limit: int) -> int:
         """No secret is sealed; the canary is sealed again under the sealing key, so the
         old key can go (as on a database once every secret was sealed again)."""
-        keyring, settings = self._keys, self._t.settings
+        keyring, settings = self._given_keys(), self._t.settings
         canary = settings.get(sealing.CANARY)
         if canary is None or not canary.startswith(f"{PREFIX}{keyring.sealing_id}:"):
             settings[sealing.CANARY] = keyring.seal(sealing.CANARY_TEXT, sealing.CANARY_CONTEXT)
@@ -207,7 +212,8 @@ class MemoryStore(Store):
     # endpoints --------------------------------------------------------------------------
 
     async def create_endpoint(self, endpoint: Endpoint) -> None:
-        t, _ = self._t, self._keys
+        t = self._t
+        self._given_keys()
         require(t.tenants, endpoint.tenant_id, "tenant")
         unique(t.endpoints, endpoint.id, "endpoint")
         # As stored: a schedule with no entry is no schedule of its own.
@@ -218,7 +224,7 @@ class MemoryStore(Store):
         """Endpoints handed out: their secrets need the keys, as the SQL stores' do
         (which ask for them only when they have a secret to open)."""
         if endpoints:
-            _ = self._keys
+            self._given_keys()
         return endpoints
 
     async def get_endpoint(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
@@ -242,7 +248,8 @@ class MemoryStore(Store):
     async def update_endpoint(
         self, tenant_id: str, endpoint_id: str, changes: Mapping[str, Any], now: datetime
     ) -> Endpoint | None:
-        t, _ = self._t, self._keys
+        t = self._t
+        self._given_keys()
         values = dict(changes)
         if "event_types" in values:  # empty or null: every event type
             values["event_types"] = tuple(values["event_types"] or ())
