@@ -27,7 +27,7 @@ from tidings.domain.models import ApiKey, NewMessage, Tenant
 from tidings.exceptions import StoreUnavailable
 from tidings.store import open_store
 from tidings.store.memory import MemoryStore
-from tidings.store.sql import ENDPOINTS, KEYS, SCHEDULE, WORK
+from tidings.store.ports import Change
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -59,7 +59,7 @@ async def test_every_listener_hears_what_each_write_announces() -> None:
     store = open_store("memory://")
     await store.migrate()
     await store.open_secrets(KEYRING)
-    heard: list[str] = []
+    heard: list[Change] = []
     await store.listen(heard.append)
     await store.create_tenant(Tenant("tnt_1", "acme", "ops@acme.example", NOW))
     await store.create_api_key(ApiKey("key_1", "tnt_1", "tdk_1", "hash-1", NOW))
@@ -73,7 +73,7 @@ async def test_every_listener_hears_what_each_write_announces() -> None:
     await store.revoke_api_key("tnt_1", "key_1", NOW)
     await store.revoke_api_key("tnt_1", "key_1", NOW)  # revoked already: no news
 
-    assert heard == [ENDPOINTS, WORK, ENDPOINTS, SCHEDULE, KEYS]
+    assert heard == [Change.ENDPOINTS, Change.WORK, Change.ENDPOINTS, Change.SCHEDULE, Change.KEYS]
     assert await store.lead() is True
     await store.close()
 

@@ -29,7 +29,7 @@ from tidings.store.memory.tables import DeliveryRow, IdempotencyRow, Tables, req
 def ingest(
     tables: Tables, batch: Sequence[NewMessage], now: datetime, keys_since: datetime
 ) -> list[Accepted | Conflict]:
-    """Store ``batch`` (see :meth:`~tidings.store.base.Store.ingest`); keys created
+    """Store ``batch`` (see :meth:`~tidings.store.ports.Messages.ingest`); keys created
     before ``keys_since`` count as never seen."""
     for new in batch:  # checked before anything is written: the batch is stored whole or not
         require(tables.tenants, new.tenant_id, "tenant")

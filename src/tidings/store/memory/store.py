@@ -12,7 +12,7 @@ kept as given, never sealed, yet the keyring is asked for as the SQL stores ask 
 it (an endpoint's secret can be neither written nor read before
 :meth:`open_secrets`), and the store remembers which keys opened it, so a second
 :meth:`open_secrets` with other keys fails as it would on a database. Whatever a
-write announces (:data:`~tidings.store.sql.WORK` and the others) is heard by every
+write announces (a :class:`~tidings.store.ports.Change`) is heard by every
 :meth:`listen` er once the write is done, as PostgreSQL's ``NOTIFY`` is.
 
 Every method runs whole on the event loop without awaiting half-way: that is its
@@ -56,12 +56,11 @@ from tidings.domain.models import (
     Tenant,
 )
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreUnavailable
-from tidings.store import sealing
-from tidings.store.base import Store
 from tidings.store.memory import health, work
 from tidings.store.memory.ingest import ingest
 from tidings.store.memory.tables import Tables, page, require, unique
-from tidings.store.sql import ENDPOINTS, KEYS, SCHEDULE, WORK
+from tidings.store.ports import Change, Store
+from tidings.store.sql import sealing
 
 
 class MemoryStore(Store):
@@ -70,7 +69,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._tables = Tables()
         self._keyring: Keyring | None = None
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: list[Callable[[Change], None]] = []
         self._closed = False
 
     @property
@@ -91,7 +90,7 @@ class MemoryStore(Store):
             raise EncryptionKeyError("the store's secrets are locked: no encryption key given")
         return self._keyring
 
-    def _announce(self, news: str) -> None:
+    def _announce(self, news: Change) -> None:
         for hear in self._listeners:
             hear(news)
 
@@ -105,7 +104,7 @@ class MemoryStore(Store):
         self._closed = True
         self._listeners.clear()
 
-    async def listen(self, hear: Callable[[str], None]) -> None:
+    async def listen(self, hear: Callable[[Change], None]) -> None:
         self._open()
         self._listeners.append(hear)
 
@@ -172,7 +171,7 @@ class MemoryStore(Store):
         if changes:
             if tenant_id in tenants:
                 tenants[tenant_id] = replace(tenants[tenant_id], **changes)
-            self._announce(ENDPOINTS)  # their alarm policies
+            self._announce(Change.ENDPOINTS)  # their alarm policies
         return tenants.get(tenant_id)
 
     async def create_api_key(self, key: ApiKey) -> None:
@@ -201,7 +200,7 @@ class MemoryStore(Store):
             return None
         if key.revoked_at is None:
             key = keys[key_id] = replace(key, revoked_at=now)
-            self._announce(KEYS)
+            self._announce(Change.KEYS)
         return key
 
     async def touch_api_key(self, key_id: str, now: datetime) -> None:
@@ -218,7 +217,7 @@ class MemoryStore(Store):
         unique(t.endpoints, endpoint.id, "endpoint")
         # As stored: a schedule with no entry is no schedule of its own.
         t.put_endpoint(replace(endpoint, retry_schedule=endpoint.retry_schedule or None))
-        self._announce(ENDPOINTS)
+        self._announce(Change.ENDPOINTS)
 
     def _opened(self, endpoints: list[Endpoint]) -> list[Endpoint]:
         """Endpoints handed out: their secrets need the keys, as the SQL stores' do
@@ -258,7 +257,7 @@ class MemoryStore(Store):
         if t.webhook_endpoint(tenant_id, endpoint_id) is None:
             return None
         t.put_endpoint(replace(t.endpoints[endpoint_id], **values, updated_at=now))
-        self._announce(ENDPOINTS)
+        self._announce(Change.ENDPOINTS)
         return t.webhook_endpoint(tenant_id, endpoint_id)
 
     async def delete_endpoint(self, tenant_id: str, endpoint_id: str, now: datetime) -> int | None:
@@ -272,7 +271,7 @@ class MemoryStore(Store):
             )
         )
         t.deleted_at[endpoint_id] = now
-        self._announce(ENDPOINTS)
+        self._announce(Change.ENDPOINTS)
         return work.kill_waiting(t, [endpoint_id], work.DELETED, now)
 
     async def active_endpoints(self) -> list[Endpoint]:
@@ -291,7 +290,7 @@ class MemoryStore(Store):
         self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
     ) -> list[Accepted | Conflict]:
         accepted = ingest(self._t, batch, now, now - timedelta(seconds=idempotency_ttl_s))
-        self._announce(WORK)
+        self._announce(Change.WORK)
         return accepted
 
     async def get_message(self, tenant_id: str, message_id: str) -> MessageDetail | None:
@@ -337,7 +336,7 @@ class MemoryStore(Store):
 
     async def replay(self, tenant_id: str, selector: ReplaySelector, now: datetime) -> int:
         replayed = work.replay(self._t, tenant_id, selector, now)
-        self._announce(WORK)
+        self._announce(Change.WORK)
         return replayed
 
     # email --------------------------------------------------------------------------------
@@ -401,7 +400,7 @@ class MemoryStore(Store):
         if not claimed:
             return 0
         released = work.release(self._t, claimed, now)
-        self._announce(WORK)  # due now, for any worker (this one may be stopping)
+        self._announce(Change.WORK)  # due now, for any worker (this one may be stopping)
         return released
 
     async def next_wakeup(self, now: datetime) -> datetime | None:
@@ -450,7 +449,7 @@ class MemoryStore(Store):
         if t.webhook_endpoint(tenant_id, endpoint_id) is None:
             return None
         suspended = health.suspend(t, endpoint_id, reason, by, now)
-        self._announce(ENDPOINTS)
+        self._announce(Change.ENDPOINTS)
         return suspended
 
     async def resume_endpoint(
@@ -461,7 +460,7 @@ class MemoryStore(Store):
         if endpoint is None:
             return None
         resumed = health.resume(t, endpoint_id, by, now, fanout.drain_rate(endpoint))
-        self._announce(SCHEDULE)
+        self._announce(Change.SCHEDULE)
         return resumed
 
     async def endpoint_health(self, endpoint_ids: Sequence[str]) -> dict[str, EndpointHealth]:
@@ -500,7 +499,7 @@ class MemoryStore(Store):
             if new.email is not None and isinstance(a, Accepted)
         ]
         t.notices.append(replace(notice, email_id=emailed[0] if emailed else None))
-        self._announce(ENDPOINTS)  # its email may have made the email lane
+        self._announce(Change.ENDPOINTS)  # its email may have made the email lane
         return True
 
     async def expire_held(self, before: datetime, reason: str, now: datetime) -> int:
