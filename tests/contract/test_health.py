@@ -15,8 +15,8 @@ from tidings.domain.models import (
     DeliveryState,
     EndpointKind,
     EndpointState,
-    Notice,
 )
+from tidings.domain.notices import Notice, NoticeKind
 from tidings.exceptions import Conflict
 from tidings.store import Store
 
@@ -158,7 +158,7 @@ async def test_deliveries_held_too_long_expire(store: Store) -> None:
     assert await store.held_counts() == {endpoint: 1}
 
 
-def _notice(tenant_id: str, endpoint_id: str, kind: str, minutes: int) -> Notice:
+def _notice(tenant_id: str, endpoint_id: str, kind: NoticeKind, minutes: int) -> Notice:
     return Notice(
         id=ids.new_id(ids.NOTICE),
         tenant_id=tenant_id,
@@ -180,16 +180,16 @@ async def test_a_notice_is_published_once_per_kind_within_its_dedupe_window(
     url = "http://127.0.0.1:9/hook"
     event = given.message(tenant_id, event_type="endpoint.warning")
 
-    first = _notice(tenant_id, endpoint, "warning", 0)
+    first = _notice(tenant_id, endpoint, NoticeKind.WARNING, 0)
     assert await store.publish_notice(first, [given.email(tenant_id), event], None)
     assert await store.last_notice_at(endpoint, url, "warning") == first.sent_at
     assert await store.last_notice_at(endpoint, url, "critical") is None
     assert await store.last_notice_at(endpoint, "http://elsewhere/", "warning") is None
 
-    again = _notice(tenant_id, endpoint, "warning", 10)
+    again = _notice(tenant_id, endpoint, NoticeKind.WARNING, 10)
     assert not await store.publish_notice(again, [event], NOW + timedelta(minutes=-1))
     assert await store.last_notice_at(endpoint, url, "warning") == first.sent_at
-    later = _notice(tenant_id, endpoint, "warning", 20)
+    later = _notice(tenant_id, endpoint, NoticeKind.WARNING, 20)
     assert await store.publish_notice(later, [event], first.sent_at)
     assert await store.last_notice_at(endpoint, url, "warning") == later.sent_at
 

@@ -47,7 +47,6 @@ from tidings.domain.models import (
     EndpointState,
     MessageDetail,
     NewMessage,
-    Notice,
     Page,
     ReplaySelector,
     SinkEmail,
@@ -55,6 +54,7 @@ from tidings.domain.models import (
     Suspension,
     Tenant,
 )
+from tidings.domain.notices import Notice
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreUnavailable
 from tidings.store.memory import health, work
 from tidings.store.memory.ingest import ingest

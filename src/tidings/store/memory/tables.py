@@ -29,13 +29,13 @@ from tidings.domain.models import (
     Endpoint,
     EndpointKind,
     Message,
-    Notice,
     Page,
     SinkEmail,
     StoredTemplate,
     Suspension,
     Tenant,
 )
+from tidings.domain.notices import Notice
 from tidings.exceptions import StoreError
 
 T = TypeVar("T")
