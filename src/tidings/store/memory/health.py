@@ -73,7 +73,7 @@ def resume(
     ended = replace(current, resumed_at=now, resumed_by=by)
     history[history.index(current)] = ended
     held = sorted(
-        tables.waiting_of(endpoint_id, DeliveryState.HELD), key=lambda r: (r.created_at, r.id)
+        tables.waiting_of(endpoint_id, DeliveryState.HELD), key=lambda r: (r.created_at, r.seq)
     )
     for row, due in fanout.drain_schedule(held, now, drain_rate_per_s):
         tables.move(row, DeliveryState.PENDING, now)

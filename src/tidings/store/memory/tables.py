@@ -64,6 +64,10 @@ class DeliveryRow:
     last_error: str | None = None
     dead_reason: str | None = None
     succeeded_at: datetime | None = None
+    seq: int = 0
+    """Its place in the order deliveries were written: what breaks a tie between two of
+    one instant, as SQLite's row order does (ids sort by time only to the millisecond,
+    and a store in memory writes several in one)."""
 
     def record(self) -> Delivery:
         return Delivery(
@@ -134,6 +138,7 @@ class Tables:
     def add_delivery(self, row: DeliveryRow) -> None:
         if row.id in self.deliveries:
             raise StoreError(f"the store failed: delivery {row.id} exists already")
+        row.seq = len(self.deliveries)
         self.deliveries[row.id] = row
         self.in_state[row.state][row.id] = row
         self.of_endpoint.setdefault(row.endpoint_id, {})[row.id] = row

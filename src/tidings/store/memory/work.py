@@ -37,7 +37,7 @@ _WAITING = (DeliveryState.PENDING, DeliveryState.HELD)
 
 def claim(tables: Tables, slots: Mapping[str, int], now: datetime, lease_until: datetime) -> Claims:
     """Lease up to ``slots[endpoint]`` due pending deliveries of each endpoint, oldest
-    due first; all of them ordered by when they fell due (then by id)."""
+    due first; all of them ordered by when they fell due (then as they were written)."""
     picked: list[DeliveryRow] = []
     for endpoint_id, n in slots.items():
         if n <= 0:
@@ -71,9 +71,10 @@ def claim(tables: Tables, slots: Mapping[str, int], now: datetime, lease_until: 
     return Claims(claimed)
 
 
-def _due_order(row: DeliveryRow) -> tuple[datetime, str]:
+def _due_order(row: DeliveryRow) -> tuple[datetime, int]:
+    """Oldest due first; of one instant, the first written first."""
     assert row.next_attempt_at is not None
-    return row.next_attempt_at, row.id
+    return row.next_attempt_at, row.seq
 
 
 def _holds_lease(row: DeliveryRow | None, lease: datetime) -> bool:
