@@ -27,7 +27,7 @@ from tidings.domain.models import ApiKey, NewMessage, Tenant
 from tidings.exceptions import StoreUnavailable
 from tidings.store import open_store
 from tidings.store.memory import MemoryStore
-from tidings.store.ports import Change
+from tidings.store.ports import Change, Changed
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -55,11 +55,11 @@ async def test_a_tidings_on_memory_delivers_a_message_signed(
 
 
 async def test_every_listener_hears_what_each_write_announces() -> None:
-    """As PostgreSQL's NOTIFY reaches every listener, the writer's own included."""
+    """Right after each write, as the SQL stores tell this process's listeners."""
     store = open_store("memory://")
     await store.migrate()
     await store.open_secrets(KEYRING)
-    heard: list[Change] = []
+    heard: list[Changed] = []
     await store.listen(heard.append)
     await store.create_tenant(Tenant("tnt_1", "acme", "ops@acme.example", NOW))
     await store.create_api_key(ApiKey("key_1", "tnt_1", "tdk_1", "hash-1", NOW))
@@ -73,7 +73,13 @@ async def test_every_listener_hears_what_each_write_announces() -> None:
     await store.revoke_api_key("tnt_1", "key_1", NOW)
     await store.revoke_api_key("tnt_1", "key_1", NOW)  # revoked already: no news
 
-    assert heard == [Change.ENDPOINTS, Change.WORK, Change.ENDPOINTS, Change.SCHEDULE, Change.KEYS]
+    assert heard == [
+        Changed(Change.ENDPOINTS),
+        Changed(Change.WORK, (endpoint.id,)),
+        Changed(Change.ENDPOINTS),
+        Changed(Change.SCHEDULE),
+        Changed(Change.KEYS),
+    ]
     assert await store.lead() is True
     await store.close()
 

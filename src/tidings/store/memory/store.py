@@ -12,8 +12,8 @@ kept as given, never sealed, yet the keyring is asked for as the SQL stores ask 
 it (an endpoint's secret can be neither written nor read before
 :meth:`open_secrets`), and the store remembers which keys opened it, so a second
 :meth:`open_secrets` with other keys fails as it would on a database. Whatever a
-write announces (a :class:`~tidings.store.ports.Change`) is heard by every
-:meth:`listen` er once the write is done, as PostgreSQL's ``NOTIFY`` is.
+write announces (a :class:`~tidings.store.ports.Changed`) is heard by every
+:meth:`listen` er once the write is done, as the SQL stores tell this process's.
 
 Every method runs whole on the event loop without awaiting half-way: that is its
 transaction, and two calls never interleave.
@@ -26,6 +26,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from tidings.crypto import PREFIX, Keyring
 from tidings.domain import fanout
@@ -59,8 +61,10 @@ from tidings.exceptions import Conflict, EncryptionKeyError, StoreUnavailable
 from tidings.store.memory import health, work
 from tidings.store.memory.ingest import ingest
 from tidings.store.memory.tables import Tables, page, require, unique
-from tidings.store.ports import Change, Store
+from tidings.store.ports import Change, Changed, Store
 from tidings.store.sql import sealing
+
+log = structlog.get_logger(__name__)
 
 
 class MemoryStore(Store):
@@ -69,7 +73,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._tables = Tables()
         self._keyring: Keyring | None = None
-        self._listeners: list[Callable[[Change], None]] = []
+        self._listeners: list[Callable[[Changed], None]] = []
         self._closed = False
 
     @property
@@ -90,9 +94,15 @@ class MemoryStore(Store):
             raise EncryptionKeyError("the store's secrets are locked: no encryption key given")
         return self._keyring
 
-    def _announce(self, news: Change) -> None:
+    def _announce(self, news: Change, endpoint_ids: Sequence[str] = ()) -> None:
+        """Tell every listener what the write that just ran changed (see :meth:`listen`);
+        one that fails is logged, never the write's failure: the write is done."""
+        changed = Changed(news, tuple(endpoint_ids))
         for hear in self._listeners:
-            hear(news)
+            try:
+                hear(changed)
+            except Exception:
+                log.exception("store_listener_failed", news=news)
 
     # lifecycle -----------------------------------------------------------------------
 
@@ -104,7 +114,7 @@ class MemoryStore(Store):
         self._closed = True
         self._listeners.clear()
 
-    async def listen(self, hear: Callable[[Change], None]) -> None:
+    async def listen(self, hear: Callable[[Changed], None]) -> None:
         self._open()
         self._listeners.append(hear)
 
@@ -290,7 +300,14 @@ class MemoryStore(Store):
         self, batch: Sequence[NewMessage], now: datetime, idempotency_ttl_s: float
     ) -> list[Accepted | Conflict]:
         accepted = ingest(self._t, batch, now, now - timedelta(seconds=idempotency_ttl_s))
-        self._announce(Change.WORK)
+        made = [
+            endpoint_id
+            for result in accepted
+            if isinstance(result, Accepted) and not result.replayed
+            for _, endpoint_id in result.deliveries
+        ]
+        if made:  # the endpoints named, so that a dispatcher looks at those alone
+            self._announce(Change.WORK, list(dict.fromkeys(made)))
         return accepted
 
     async def get_message(self, tenant_id: str, message_id: str) -> MessageDetail | None:
