@@ -1,4 +1,5 @@
-"""Fixtures: a real tidings on a fresh SQLite file, its API, and loopback receivers."""
+"""Fixtures: a real tidings on a fresh SQLite file, its API, loopback receivers and SMTP
+servers."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from support import ADMIN_TOKEN, ENCRYPTION_KEY, Receiver, migrate, postgres_server
-from tidings.api.app import create_api
+from support.api import ADMIN_TOKEN
+from support.receivers import Receiver
+from support.served import client_of, started
+from support.smtp import Mailbox, SmtpController
+from support.stores import ENCRYPTION_KEY, migrate, postgres_server
 from tidings.app import Tidings
 from tidings.config import Settings
 
@@ -77,15 +81,13 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 async def tidings(settings: Settings) -> AsyncIterator[Tidings]:
-    app = Tidings(settings)
-    await app.start()
-    yield app
-    await app.stop()
+    async with started(settings) as app:
+        yield app
 
 
 @pytest.fixture
 async def client(tidings: Tidings) -> AsyncIterator[httpx.AsyncClient]:
-    async with _client_of(tidings) as http:
+    async with client_of(tidings) as http:
         yield http
 
 
@@ -97,17 +99,10 @@ async def make_client(
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(**overrides: Any) -> httpx.AsyncClient:
-            app = Tidings(make_settings(**overrides))
-            await app.start()
-            stack.push_async_callback(app.stop)
-            return await stack.enter_async_context(_client_of(app))
+            app = await stack.enter_async_context(started(make_settings(**overrides)))
+            return await stack.enter_async_context(client_of(app))
 
         yield make
-
-
-def _client_of(app: Tidings) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_api(app))
-    return httpx.AsyncClient(transport=transport, base_url="http://tidings")
 
 
 @pytest.fixture
@@ -133,3 +128,48 @@ async def make_receiver() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for found in started:
         await found.stop()
+
+
+@pytest.fixture
+def start_smtp() -> Iterator[Callable[..., SmtpController]]:
+    """Start an SMTP server: ``start_smtp(**aiosmtpd SMTP options)``; all stopped after."""
+    running: list[SmtpController] = []
+
+    def start(**kwargs: Any) -> SmtpController:
+        controller = SmtpController(Mailbox(), **kwargs)
+        controller.start()
+        controller.mailbox.servers.clear()  # the controller's own start-up probe
+        running.append(controller)
+        return controller
+
+    yield start
+    for controller in running:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp(start_smtp: Callable[..., SmtpController]) -> SmtpController:
+    """An SMTP server on 127.0.0.1 that accepts whatever its script does not refuse."""
+    return start_smtp()
+
+
+@pytest.fixture
+def mailbox(smtp: SmtpController) -> Mailbox:
+    """What ``smtp`` received, and the script it plays."""
+    return smtp.mailbox
+
+
+@pytest.fixture
+async def smtp_app(
+    smtp: SmtpController, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Tidings]:
+    """A tidings that sends its emails to ``smtp``."""
+    async with started(make_settings(smtp_url=smtp.url)) as app:
+        yield app
+
+
+@pytest.fixture
+async def smtp_client(smtp_app: Tidings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of ``smtp_app``."""
+    async with client_of(smtp_app) as http:
+        yield http

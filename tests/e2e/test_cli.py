@@ -20,7 +20,9 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from support import Receiver, bearer, new_endpoint, send, wait_for
+from support.api import bearer, new_endpoint, send
+from support.receivers import Receiver
+from support.waiting import wait_for
 from tidings import __version__
 from tidings.crypto import Keyring, generate_key, key_id_of
 

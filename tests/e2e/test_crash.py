@@ -33,7 +33,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from support import ADMIN_TOKEN, Receiver, bearer, new_endpoint, new_tenant, wait_for
+from support.api import ADMIN_TOKEN, bearer, new_endpoint, new_tenant
+from support.receivers import Receiver
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

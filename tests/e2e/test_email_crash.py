@@ -34,7 +34,9 @@ from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
 from test_crash import LEASE_S, Server, api, first_and_repeats, poster
 
-from support import bearer, free_port, leaves_nothing_open, new_tenant, wait_for
+from support.api import bearer, new_tenant
+from support.sockets import free_port, leaves_nothing_open
+from support.waiting import wait_for
 from tidings.domain.fanout import EMAIL_LANE_MAX_IN_FLIGHT
 
 pytestmark = pytest.mark.slow

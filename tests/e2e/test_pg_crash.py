@@ -45,7 +45,10 @@ from test_crash import (
     poster,
 )
 
-from support import ENCRYPTION_KEY, Receiver, bearer, new_endpoint, new_tenant, wait_for
+from support.api import bearer, new_endpoint, new_tenant
+from support.receivers import Receiver
+from support.stores import ENCRYPTION_KEY
+from support.waiting import wait_for
 from tidings.store.sql.postgres import LEADER_LOCK
 
 pytestmark = pytest.mark.slow

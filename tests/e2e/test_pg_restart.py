@@ -28,7 +28,10 @@ import pytest
 from test_crash import Jittery, api, poster
 from test_pg_crash import Node, setup_endpoint
 
-from support import Receiver, bearer, free_port, wait_for
+from support.api import bearer
+from support.receivers import Receiver
+from support.sockets import free_port
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

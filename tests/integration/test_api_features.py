@@ -16,16 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from support import (
-    Receiver,
-    admin,
-    bearer,
-    new_endpoint,
-    new_tenant,
-    send,
-    status,
-    wait_for,
-)
+from support.api import admin, bearer, new_endpoint, new_tenant, send
+from support.receivers import Receiver, status
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.channels.signing import new_secret

@@ -17,18 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    Bad,
-    Receiver,
-    admin,
-    assert_problem,
-    assert_refused,
-    bearer,
-    new_endpoint,
-    new_tenant,
-    send,
-    send_bad,
-)
+from support.api import admin, bearer, new_endpoint, new_tenant, send
+from support.problems import Bad, assert_problem, assert_refused, send_bad
+from support.receivers import Receiver
 from tidings import ids
 
 LIMIT = 256 * 1024  # the default max_body_bytes

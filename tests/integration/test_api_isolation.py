@@ -9,15 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    Receiver,
-    bearer,
-    new_endpoint,
-    new_tenant,
-    send,
-    status,
-    wait_for,
-)
+from support.api import bearer, new_endpoint, new_tenant, send
+from support.receivers import Receiver, status
+from support.waiting import wait_for
 
 PROBLEM = "application/problem+json"
 

@@ -9,16 +9,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from support import (
-    BOTH_BACKENDS,
-    admin,
-    assert_problem,
-    bearer,
-    new_tenant,
-    send,
-    served,
-    wait_for,
-)
+from support.api import admin, bearer, new_tenant, send
+from support.problems import assert_problem
+from support.served import served
+from support.stores import BOTH_BACKENDS
+from support.waiting import wait_for
 from tidings.clock import FakeClock
 from tidings.config import Settings
 from tidings.service import sha256

@@ -17,20 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    BOTH_BACKENDS,
-    Bad,
-    Receiver,
-    admin,
-    assert_refused,
-    bearer,
-    message_of,
-    new_endpoint,
-    new_tenant,
-    send,
-    send_bad,
-    settled,
-)
+from support.api import admin, bearer, message_of, new_endpoint, new_tenant, send, settled
+from support.problems import Bad, assert_refused, send_bad
+from support.receivers import Receiver
+from support.stores import BOTH_BACKENDS
 
 pytestmark = BOTH_BACKENDS
 

@@ -11,18 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    BOTH_BACKENDS,
-    Receiver,
-    bearer,
-    delivery_states,
-    new_endpoint,
-    new_tenant,
-    ok,
-    send,
-    status,
-    wait_for,
-)
+from support.api import bearer, delivery_states, new_endpoint, new_tenant, send
+from support.receivers import Receiver, ok, status
+from support.stores import BOTH_BACKENDS
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.clock import FakeClock

@@ -12,22 +12,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from support import (
-    BOTH_BACKENDS,
-    Receiver,
-    bearer,
-    close_connection,
-    hang,
-    message_of,
-    new_endpoint,
-    new_tenant,
-    ok,
-    send,
-    sequence,
-    settled,
-    status,
-    wait_for,
-)
+from support.api import bearer, message_of, new_endpoint, new_tenant, send, settled
+from support.receivers import Receiver, close_connection, hang, ok, sequence, status
+from support.stores import BOTH_BACKENDS
+from support.waiting import wait_for
 from tidings.app import Tidings
 
 pytestmark = BOTH_BACKENDS

@@ -8,7 +8,9 @@ import httpx
 import orjson
 from prometheus_client import generate_latest
 
-from support import Receiver, bearer, new_endpoint, new_tenant, wait_for
+from support.api import bearer, new_endpoint, new_tenant
+from support.receivers import Receiver
+from support.waiting import wait_for
 from tidings.app import Tidings
 
 CONFIRM: dict[str, Any] = {

@@ -20,16 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    UNSET,
-    Bad,
-    assert_problem,
-    assert_refused,
-    bearer,
-    new_tenant,
-    send_bad,
-    wait_for,
-)
+from support.api import bearer, new_tenant
+from support.problems import UNSET, Bad, assert_problem, assert_refused, send_bad
+from support.waiting import wait_for
 from tidings import ids
 
 LIMIT = 256 * 1024  # the default max_body_bytes

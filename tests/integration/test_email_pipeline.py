@@ -22,17 +22,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
-from support import (
-    BOTH_BACKENDS,
-    DROP,
-    Mailbox,
-    Receiver,
-    SmtpController,
-    bearer,
-    new_endpoint,
-    new_tenant,
-    wait_for,
-)
+from support.api import bearer, new_endpoint, new_tenant
+from support.receivers import Receiver
+from support.smtp import DROP, Mailbox, SmtpController
+from support.stores import BOTH_BACKENDS
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings

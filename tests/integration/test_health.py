@@ -17,22 +17,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from support import (
-    BOTH_BACKENDS,
-    Mailbox,
-    Receiver,
-    SmtpController,
-    admin,
-    bearer,
-    delivery_states,
-    hang,
-    new_endpoint,
-    new_tenant,
-    ok,
-    send,
-    status,
-    wait_for,
-)
+from support.api import admin, bearer, delivery_states, new_endpoint, new_tenant, send
+from support.receivers import Receiver, hang, ok, status
+from support.smtp import Mailbox, SmtpController
+from support.stores import BOTH_BACKENDS
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.clock import FakeClock

@@ -23,20 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    Bad,
-    Receiver,
-    admin,
-    assert_refused,
-    bearer,
-    delivery_states,
-    new_endpoint,
-    new_tenant,
-    send,
-    send_bad,
-    settled,
-    wait_for,
-)
+from support.api import admin, bearer, delivery_states, new_endpoint, new_tenant, send, settled
+from support.problems import Bad, assert_refused, send_bad
+from support.receivers import Receiver
+from support.waiting import wait_for
 from tidings import ids
 from tidings.domain.alarms import AlarmPolicy
 

@@ -21,15 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from support import (
-    BOTH_BACKENDS,
-    Mailbox,
-    SmtpController,
-    assert_problem,
-    bearer,
-    new_tenant,
-    wait_for,
-)
+from support.api import bearer, new_tenant
+from support.problems import assert_problem
+from support.smtp import Mailbox, SmtpController
+from support.stores import BOTH_BACKENDS
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings

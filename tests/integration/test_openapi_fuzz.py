@@ -36,7 +36,9 @@ from pydantic import SecretStr
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 
-from support import ADMIN_TOKEN, ENCRYPTION_KEY, admin, bearer, free_port, migrate, postgres_server
+from support.api import ADMIN_TOKEN, admin, bearer
+from support.sockets import free_port
+from support.stores import ENCRYPTION_KEY, migrate, postgres_server
 from tidings.api.app import create_api, openapi_document
 from tidings.app import Tidings
 from tidings.config import Settings

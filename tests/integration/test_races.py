@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from support import BOTH_BACKENDS, bearer, new_tenant
+from support.api import bearer, new_tenant
+from support.stores import BOTH_BACKENDS
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings

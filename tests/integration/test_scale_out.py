@@ -16,7 +16,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from support import Receiver, bearer, new_endpoint, new_tenant, send, wait_for
+from support.api import bearer, new_endpoint, new_tenant, send
+from support.receivers import Receiver
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Role, Tidings
 from tidings.config import Settings

@@ -18,16 +18,10 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from support import (
-    BOTH_BACKENDS,
-    ENCRYPTION_KEY,
-    Receiver,
-    bearer,
-    new_endpoint,
-    new_tenant,
-    send,
-    wait_for,
-)
+from support.api import bearer, new_endpoint, new_tenant, send
+from support.receivers import Receiver
+from support.stores import BOTH_BACKENDS, ENCRYPTION_KEY
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings, load_keys, open_secrets
 from tidings.config import Settings

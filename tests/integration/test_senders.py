@@ -11,16 +11,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from support import (
-    Receiver,
-    close_connection,
-    new_endpoint,
-    new_tenant,
-    send,
-    settled,
-    status,
-    wait_for,
-)
+from support.api import new_endpoint, new_tenant, send, settled
+from support.receivers import Receiver, close_connection, status
+from support.waiting import wait_for
 from tidings.app import Tidings
 from tidings.channels.senders import SenderPool
 from tidings.config import Settings

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from support import Receiver, delivery_states, new_endpoint, new_tenant, send, wait_for
+from support.api import delivery_states, new_endpoint, new_tenant, send
+from support.receivers import Receiver
+from support.waiting import wait_for
 
 
 async def test_message_is_delivered_signed(client: httpx.AsyncClient, receiver: Receiver) -> None:

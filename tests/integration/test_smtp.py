@@ -20,7 +20,8 @@ import pytest
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from support import DROP, STALL, Mailbox, SmtpController, free_port, leaves_nothing_open
+from support.smtp import DROP, STALL, Mailbox, SmtpController
+from support.sockets import free_port, leaves_nothing_open
 from tidings.channels.email import OutgoingEmail, SmtpChannel, build_message, message_id
 from tidings.domain.retry import Verdict, decide
 from tidings.smtp_url import SmtpSettings, parse_smtp_url

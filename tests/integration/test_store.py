@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support import KEYRING, an_endpoint
+from support.factories import an_endpoint
+from support.stores import KEYRING
 from tidings import ids
 from tidings.domain.models import (
     Accepted,
@@ -147,7 +148,7 @@ async def test_workers_on_one_postgresql_never_claim_the_same_delivery(postgres_
 async def test_migrations_run_from_several_processes_at_once(postgres_template: str) -> None:
     """``tidings migrate`` on several processes at once: the advisory lock lets one
     migrate, the others then find the schema current."""
-    from support import postgres_server
+    from support.stores import postgres_server
 
     with postgres_server() as server:
         name = server.create(template=None)

@@ -23,16 +23,12 @@ import httpx
 import psycopg
 import pytest
 
-from support import (
-    Receiver,
-    assert_problem,
-    bearer,
-    new_endpoint,
-    new_tenant,
-    postgres_server,
-    served,
-    wait_for,
-)
+from support.api import bearer, new_endpoint, new_tenant
+from support.problems import assert_problem
+from support.receivers import Receiver
+from support.served import served
+from support.stores import postgres_server
+from support.waiting import wait_for
 from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from support import an_endpoint
+from support.factories import an_endpoint
 from tidings.channels.signing import new_secret, signature_headers
 from tidings.domain.models import Endpoint
 
