@@ -18,6 +18,7 @@ from support.api import ADMIN_TOKEN
 from support.receivers import Receiver
 from support.served import client_of, started
 from support.smtp import Mailbox, SmtpController
+from support.sockets import leaves_nothing_open
 from support.stores import ENCRYPTION_KEY, migrate, postgres_server
 from tidings.app import Tidings
 from tidings.config import Settings
@@ -173,3 +174,11 @@ async def smtp_client(smtp_app: Tidings) -> AsyncIterator[httpx.AsyncClient]:
     """The API of ``smtp_app``."""
     async with client_of(smtp_app) as http:
         yield http
+
+
+@pytest.fixture
+def nothing_left_open() -> Iterator[None]:
+    """Every server thread and every socket the test opened is gone when it ends (for
+    modules that start SMTP servers: ``pytest.mark.usefixtures("nothing_left_open")``)."""
+    with leaves_nothing_open():
+        yield

@@ -18,8 +18,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from support.api import admin, bearer, new_endpoint, new_tenant, send
 from support.receivers import Receiver, status
+from support.served import client_of
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.channels.signing import new_secret
 from tidings.config import Settings
@@ -82,8 +82,7 @@ def assert_problem(response: httpx.Response, status_code: int, fragment: str) ->
 @pytest.fixture
 async def lenient_client(tidings: Tidings) -> AsyncIterator[httpx.AsyncClient]:
     """Like ``client``, but an unhandled error comes back as the app's 500 answer."""
-    transport = httpx.ASGITransport(app=create_api(tidings), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
+    async with client_of(tidings, raise_app_exceptions=False) as http:
         yield http
 
 

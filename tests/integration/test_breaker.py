@@ -13,9 +13,9 @@ import pytest
 
 from support.api import bearer, delivery_states, new_endpoint, new_tenant, send
 from support.receivers import Receiver, ok, status
+from support.served import served
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.clock import FakeClock
 from tidings.config import Settings
@@ -35,12 +35,8 @@ async def held_time(
     make_settings: Callable[..., Settings], clock: FakeClock
 ) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
     """A tidings whose clock moves only when the test moves it."""
-    app = Tidings(make_settings(), clock=clock)
-    await app.start()
-    transport = httpx.ASGITransport(app=create_api(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
-        yield app, client
-    await app.stop()
+    async with served(make_settings(), clock) as both:
+        yield both
 
 
 async def test_a_down_receiver_gets_a_bounded_number_of_attempts_then_one_probe(

@@ -9,57 +9,17 @@ import orjson
 from prometheus_client import generate_latest
 
 from support.api import bearer, new_endpoint, new_tenant
+from support.emails import create_template, post_email, settled_email
 from support.receivers import Receiver
 from support.waiting import wait_for
 from tidings.app import Tidings
-
-CONFIRM: dict[str, Any] = {
-    "name": "confirm",
-    "subject": "Please confirm, {{ name }}",
-    "text": "Two buttons: confirm and subscribe, or confirm only. {{ name }}",
-    "html": "<p>Confirm, {{ name }}</p>",
-}
-
-
-async def create_template(client: httpx.AsyncClient, key: str, **fields: Any) -> dict[str, Any]:
-    response = await client.post("/v1/templates", json={**CONFIRM, **fields}, headers=bearer(key))
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def send_email(
-    client: httpx.AsyncClient, key: str, headers: dict[str, str] | None = None, **fields: Any
-) -> httpx.Response:
-    body = {
-        "to": "ada@example.com",
-        "template": "confirm",
-        "personalisation": {"name": "Ada"},
-        **fields,
-    }
-    return await client.post("/v1/emails", json=body, headers={**bearer(key), **(headers or {})})
-
-
-async def settled_email(
-    client: httpx.AsyncClient, key: str, email_id: str, status: str
-) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    async def check() -> bool:
-        response = await client.get(f"/v1/emails/{email_id}", headers=bearer(key))
-        assert response.status_code == 200, response.text
-        found.update(response.json())
-        return bool(found["status"] == status)
-
-    await wait_for(check)
-    return found
 
 
 async def test_an_email_is_rendered_and_kept_by_the_mail_sink(client: httpx.AsyncClient) -> None:
     _, key = await new_tenant(client)
     await create_template(client, key)
 
-    response = await send_email(client, key, reference="order-42")
+    response = await post_email(client, key, reference="order-42")
     assert response.status_code == 202, response.text
     email_id = response.json()["id"]
     assert email_id.startswith("eml_")
@@ -87,7 +47,7 @@ async def test_the_status_callback_reaches_a_subscribed_endpoint_signed(
     receiver.secret = endpoint["secret"]
     await create_template(client, key)
 
-    email_id = (await send_email(client, key, reference="r-1")).json()["id"]
+    email_id = (await post_email(client, key, reference="r-1")).json()["id"]
     await wait_for(lambda: len(receiver.received) == 1)
 
     [callback] = receiver.received
@@ -111,7 +71,7 @@ async def test_emails_do_not_reach_webhook_endpoints_and_the_lane_stays_hidden(
     _, key = await new_tenant(client)
     await new_endpoint(client, key, receiver.url, event_types=["order.paid"])
     await create_template(client, key)
-    email_id = (await send_email(client, key)).json()["id"]
+    email_id = (await post_email(client, key)).json()["id"]
     await settled_email(client, key, email_id, "delivered")
 
     endpoints = (await client.get("/v1/endpoints", headers=bearer(key))).json()["data"]
@@ -125,7 +85,7 @@ async def test_a_missing_field_is_a_400_that_names_it_and_nothing_is_sent(
     _, key = await new_tenant(client)
     await create_template(client, key, text="Hello {{ name }}, your code is {{ code }}")
 
-    response = await send_email(client, key)
+    response = await post_email(client, key)
 
     assert response.status_code == 400
     problem = response.json()

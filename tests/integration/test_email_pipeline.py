@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,23 +23,17 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
 from support.api import bearer, new_endpoint, new_tenant
+from support.emails import create_template, email_of, send_email, settled_email, sink
 from support.receivers import Receiver
-from support.smtp import DROP, Mailbox, SmtpController
+from support.smtp import DROP, Mailbox
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Tidings
-from tidings.config import Settings
 
 DEFAULT_FROM = "tidings@localhost"  # Settings.email_from when not set
+SETTLES_WITHIN = 5.0  # an email's first attempt, or its failure, comes this soon
 RETRY_WITHIN = 10.0  # the second attempt comes 5 s ±20% after the first
 
-CONFIRM: dict[str, Any] = {
-    "name": "confirm",
-    "subject": "Please confirm, {{ name }}",
-    "text": "Two buttons: confirm and subscribe, or confirm only. {{ name }}",
-    "html": "<p>Confirm, {{ name }}</p>",
-}
 DEFAULT_TEXT = "Two buttons: confirm and subscribe, or confirm only. Ada"
 VARIANT_TEXT = "One button: confirm. Ada"
 VARIANTS = {"true": {"text": "One button: confirm. {{ name }}"}}
@@ -48,57 +42,6 @@ VARIANTS = {"true": {"text": "One button: confirm. {{ name }}"}}
 # API shortcuts -------------------------------------------------------------------------
 
 pytestmark = BOTH_BACKENDS
-
-
-async def create_template(client: httpx.AsyncClient, key: str, **fields: Any) -> dict[str, Any]:
-    response = await client.post("/v1/templates", json={**CONFIRM, **fields}, headers=bearer(key))
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def send_email(client: httpx.AsyncClient, key: str, **fields: Any) -> str:
-    """Send an email (to Ada, template ``confirm`` unless told otherwise); its id."""
-    body = {
-        "to": "ada@example.com",
-        "template": "confirm",
-        "personalisation": {"name": "Ada"},
-        **fields,
-    }
-    response = await client.post("/v1/emails", json=body, headers=bearer(key))
-    assert response.status_code == 202, response.text
-    assert response.json()["status"] == "accepted"
-    email_id: str = response.json()["id"]
-    assert email_id.startswith("eml_")
-    return email_id
-
-
-async def email_of(client: httpx.AsyncClient, key: str, email_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/emails/{email_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def settled_email(
-    client: httpx.AsyncClient, key: str, email_id: str, status: str, within: float = 5.0
-) -> dict[str, Any]:
-    """Wait until the email has ``status``; return it."""
-    found: dict[str, Any] = {}
-
-    async def check() -> bool:
-        found.update(await email_of(client, key, email_id))
-        return bool(found["status"] == status)
-
-    await wait_for(check, within=within)
-    return found
-
-
-async def sink(client: httpx.AsyncClient, key: str) -> list[dict[str, Any]]:
-    response = await client.get("/v1/sink/emails", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
 
 
 _SAMPLE = re.compile(
@@ -131,41 +74,6 @@ def event_of(received: Receiver) -> dict[str, Any]:
     assert callback.verified is True
     event: dict[str, Any] = orjson.loads(callback.body)
     return event
-
-
-# SMTP servers ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpController]:
-    controller = SmtpController(Mailbox())
-    controller.start()
-    controller.mailbox.servers.clear()  # the controller's own start-up probe
-    yield controller
-    controller.stop()
-
-
-@pytest.fixture
-def mailbox(smtp: SmtpController) -> Mailbox:
-    return smtp.mailbox
-
-
-@pytest.fixture
-async def smtp_app(
-    smtp: SmtpController, make_settings: Callable[..., Settings]
-) -> AsyncIterator[Tidings]:
-    """A tidings that sends its emails to ``smtp``."""
-    app = Tidings(make_settings(smtp_url=f"smtp://127.0.0.1:{smtp.port}?timeout=5"))
-    await app.start()
-    yield app
-    await app.stop()
-
-
-@pytest.fixture
-async def smtp_client(smtp_app: Tidings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_api(smtp_app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
-        yield http
 
 
 # The lookup server -------------------------------------------------------------------------
@@ -267,7 +175,7 @@ async def test_an_email_accepted_by_the_smtp_server_arrives_and_is_delivered(
     await create_template(smtp_client, key)
 
     email_id = await send_email(smtp_client, key, reference="order-42")
-    found = await settled_email(smtp_client, key, email_id, "delivered")
+    found = await settled_email(smtp_client, key, email_id, "delivered", within=SETTLES_WITHIN)
 
     assert mailbox.envelopes == [(DEFAULT_FROM, ["ada@example.com"])]
     [got] = mailbox.received
@@ -299,7 +207,7 @@ async def test_a_550_at_rcpt_fails_the_email_at_once_and_says_so_signed(
     mailbox.next("RCPT", "550 5.1.1 no such user")
 
     email_id = await send_email(smtp_client, key, reference="r-550")
-    found = await settled_email(smtp_client, key, email_id, "failed")
+    found = await settled_email(smtp_client, key, email_id, "failed", within=SETTLES_WITHIN)
 
     assert found["failure"].startswith("rejected: SMTP 550 ")
     assert "no such user" in found["failure"]
@@ -332,7 +240,7 @@ async def test_a_451_is_retried_and_the_second_attempt_delivers(
     mailbox.next("RCPT", "451 4.3.0 try again later")
 
     email_id = await send_email(smtp_client, key)
-    retrying = await settled_email(smtp_client, key, email_id, "retrying")
+    retrying = await settled_email(smtp_client, key, email_id, "retrying", within=SETTLES_WITHIN)
     assert [a["status_code"] for a in retrying["attempts"]] == [451]
     assert mailbox.received == []
     found = await settled_email(smtp_client, key, email_id, "delivered", within=RETRY_WITHIN)
@@ -372,7 +280,7 @@ async def test_deleting_the_template_of_a_retrying_email_fails_it(
     await create_template(smtp_client, key)
     mailbox.next("RCPT", "451 4.3.0 try again later")
     email_id = await send_email(smtp_client, key, reference="r-deleted")
-    await settled_email(smtp_client, key, email_id, "retrying")
+    await settled_email(smtp_client, key, email_id, "retrying", within=SETTLES_WITHIN)
 
     deleted = await smtp_client.delete("/v1/templates/confirm", headers=bearer(key))
     assert deleted.status_code == 204, deleted.text
@@ -405,7 +313,7 @@ async def test_a_found_lookup_sends_its_variant(
     )
 
     email_id = await send_email(client, key, to="a+b@example.com")
-    found = await settled_email(client, key, email_id, "delivered")
+    found = await settled_email(client, key, email_id, "delivered", within=SETTLES_WITHIN)
 
     assert found["variant"] == "true"
     assert "lookup" in found["variant_reason"]
@@ -450,7 +358,7 @@ async def test_a_failed_lookup_sends_the_default_content(
 
     started = time.monotonic()
     email_id = await send_email(client, key, template=name)
-    found = await settled_email(client, key, email_id, "delivered")
+    found = await settled_email(client, key, email_id, "delivered", within=SETTLES_WITHIN)
     elapsed = time.monotonic() - started
 
     # A slow lookup costs its timeout (300 ms), not the answer's 2 s.
@@ -476,7 +384,7 @@ async def test_the_breaker_stops_lookups_after_five_failures(
     reasons = []
     for _ in range(6):
         email_id = await send_email(client, key)
-        found = await settled_email(client, key, email_id, "delivered")
+        found = await settled_email(client, key, email_id, "delivered", within=SETTLES_WITHIN)
         assert found["variant"] is None
         reasons.append(found["variant_reason"])
 
@@ -498,7 +406,7 @@ async def test_a_value_naming_no_variant_sends_the_default_content(
     )
 
     email_id = await send_email(client, key)
-    found = await settled_email(client, key, email_id, "delivered")
+    found = await settled_email(client, key, email_id, "delivered", within=SETTLES_WITHIN)
 
     assert found["variant"] is None
     assert "'false'" in found["variant_reason"]
@@ -532,7 +440,7 @@ async def test_an_attempt_is_cut_off_at_the_request_timeout_and_retried(
     mailbox.data_delay_s = 3.0
 
     email_id = await send_email(smtp_client, key)
-    found = await settled_email(smtp_client, key, email_id, "retrying")
+    found = await settled_email(smtp_client, key, email_id, "retrying", within=SETTLES_WITHIN)
 
     [attempt] = found["attempts"]
     assert attempt["error"].startswith("timeout")

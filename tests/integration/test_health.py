@@ -8,7 +8,7 @@ after they move the clock; its own loop is set to wait an hour between rounds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,10 +19,10 @@ from aiohttp import web
 
 from support.api import admin, bearer, delivery_states, new_endpoint, new_tenant, send
 from support.receivers import Receiver, hang, ok, status
+from support.served import served
 from support.smtp import Mailbox, SmtpController
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.clock import FakeClock
 from tidings.config import Settings
@@ -44,29 +44,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpController]:
-    controller = SmtpController(Mailbox())
-    controller.start()
-    yield controller
-    controller.stop()
-
-
-@pytest.fixture
 async def held_time(
     make_settings: Callable[..., Settings], clock: FakeClock, smtp: SmtpController
 ) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
     """A tidings with a held clock that mails its owners through ``smtp``."""
     settings = make_settings(
-        smtp_url=f"smtp://127.0.0.1:{smtp.port}?timeout=5",
-        health_interval=timedelta(hours=1),
-        public_url="https://tidings.example",
+        smtp_url=smtp.url, health_interval=timedelta(hours=1), public_url="https://tidings.example"
     )
-    app = Tidings(settings, clock=clock)
-    await app.start()
-    transport = httpx.ASGITransport(app=create_api(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
-        yield app, client
-    await app.stop()
+    async with served(settings, clock) as both:
+        yield both
 
 
 async def _tenant(client: httpx.AsyncClient, **policy: Any) -> tuple[str, str]:
@@ -588,12 +574,9 @@ async def test_an_open_breaker_is_kept_in_the_store_for_the_next_process(
     make_settings: Callable[..., Settings], clock: FakeClock, receiver: Receiver
 ) -> None:
     async def run(steps: Callable[[Tidings, httpx.AsyncClient], Any]) -> None:
-        app = Tidings(make_settings(health_interval=timedelta(hours=1)), clock=clock)
-        await app.start()
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
+        settings = make_settings(health_interval=timedelta(hours=1))
+        async with served(settings, clock) as (app, client):
             await steps(app, client)
-        await app.stop()
 
     found: dict[str, Any] = {}
 

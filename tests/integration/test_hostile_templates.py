@@ -15,20 +15,17 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import httpx
-import pytest
 
 from support.api import bearer, new_tenant
+from support.emails import create_template, email_of, send_email
 from support.problems import assert_problem
-from support.smtp import Mailbox, SmtpController
+from support.smtp import SmtpController
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Tidings
-from tidings.config import Settings
 from tidings.email.bounds import RENDER_DEADLINE_S, RENDER_MEMORY_MB
 
 pytestmark = BOTH_BACKENDS
@@ -53,35 +50,6 @@ HOSTILE = {
         f"text: {TIME}",
     ),
 }
-
-
-# Fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpController]:
-    controller = SmtpController(Mailbox())
-    controller.start()
-    controller.mailbox.servers.clear()  # the controller's own start-up probe
-    yield controller
-    controller.stop()
-
-
-@pytest.fixture
-async def app(
-    smtp: SmtpController, make_settings: Callable[..., Settings]
-) -> AsyncIterator[Tidings]:
-    started = Tidings(make_settings(smtp_url=f"smtp://127.0.0.1:{smtp.port}?timeout=5"))
-    await started.start()
-    yield started
-    await started.stop()
-
-
-@pytest.fixture
-async def client(app: Tidings) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_api(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as http:
-        yield http
 
 
 # Watching memory and /healthz -------------------------------------------------------------
@@ -194,51 +162,27 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float) -> None:
 
 
 async def _template(client: httpx.AsyncClient, key: str, name: str, text: str) -> None:
-    response = await client.post(
-        "/v1/templates",
-        json={"name": name, "subject": "Hello {{ name }}", "text": text},
-        headers=bearer(key),
-    )
-    assert response.status_code == 201, response.text
-
-
-async def _send(client: httpx.AsyncClient, key: str, template: str) -> str:
-    body: dict[str, Any] = {
-        "to": "ada@example.com",
-        "template": template,
-        "personalisation": {"name": "Ada"},
-    }
-    response = await client.post("/v1/emails", json=body, headers=bearer(key))
-    assert response.status_code == 202, response.text
-    email_id: str = response.json()["id"]
-    return email_id
-
-
-async def _email(client: httpx.AsyncClient, key: str, email_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/emails/{email_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    found: dict[str, Any] = response.json()
-    return found
+    await create_template(client, key, {"name": name, "subject": "Hello {{ name }}", "text": text})
 
 
 async def test_hostile_emails_fail_naming_the_bound_while_another_tenants_goes_out(
-    app: Tidings, client: httpx.AsyncClient, smtp: SmtpController
+    smtp_app: Tidings, smtp_client: httpx.AsyncClient, smtp: SmtpController
 ) -> None:
-    _, evil = await new_tenant(client, "evil")
-    _, good = await new_tenant(client, "good")
+    _, evil = await new_tenant(smtp_client, "evil")
+    _, good = await new_tenant(smtp_client, "good")
     for name, (source, _) in HOSTILE.items():
-        await _template(client, evil, name, source)
-    await _template(client, good, "welcome", "Welcome, {{ name }}!")
-    await _warm(app)
+        await _template(smtp_client, evil, name, source)
+    await _template(smtp_client, good, "welcome", "Welcome, {{ name }}!")
+    await _warm(smtp_app)
 
     with MemoryWatch() as memory:
-        async with HealthWatch(client) as health:
-            hostile = {name: await _send(client, evil, name) for name in HOSTILE}
-            welcome = await _send(client, good, "welcome")
+        async with HealthWatch(smtp_client) as health:
+            hostile = {name: await send_email(smtp_client, evil, template=name) for name in HOSTILE}
+            welcome = await send_email(smtp_client, good, template="welcome")
 
             async def settled() -> bool:
-                emails = [await _email(client, evil, i) for i in hostile.values()]
-                good_email = await _email(client, good, welcome)
+                emails = [await email_of(smtp_client, evil, i) for i in hostile.values()]
+                good_email = await email_of(smtp_client, good, welcome)
                 return good_email["status"] == "delivered" and all(
                     e["status"] == "failed" for e in emails
                 )
@@ -247,7 +191,7 @@ async def test_hostile_emails_fail_naming_the_bound_while_another_tenants_goes_o
             await asyncio.sleep(0.3)  # time for a retry, which must not come
 
     for name, email_id in hostile.items():
-        found = await _email(client, evil, email_id)
+        found = await email_of(smtp_client, evil, email_id)
         reason = f"rejected: unsendable: {HOSTILE[name][1]}"
         assert (found["status"], found["failure"]) == ("failed", reason), name
         assert len(found["attempts"]) == 1, name
@@ -261,26 +205,28 @@ async def test_hostile_emails_fail_naming_the_bound_while_another_tenants_goes_o
 
 
 async def test_a_template_too_costly_to_compile_is_refused_and_the_api_stays_up(
-    app: Tidings, client: httpx.AsyncClient
+    smtp_app: Tidings, smtp_client: httpx.AsyncClient
 ) -> None:
-    _, key = await new_tenant(client)
-    await _template(client, key, "costly", "Hi {{ name }}")
+    _, key = await new_tenant(smtp_client)
+    await _template(smtp_client, key, "costly", "Hi {{ name }}")
     costly = {"subject": "Hi", "text": "{{ a }}" * 14_000, "html": "{{ b }}" * 14_000}
-    await _warm(app)
+    await _warm(smtp_app)
 
     with MemoryWatch() as memory:
-        async with HealthWatch(client) as health:
-            replaced = await client.put("/v1/templates/costly", json=costly, headers=bearer(key))
-            created = await client.post(
+        async with HealthWatch(smtp_client) as health:
+            replaced = await smtp_client.put(
+                "/v1/templates/costly", json=costly, headers=bearer(key)
+            )
+            created = await smtp_client.post(
                 "/v1/templates", json={"name": "other", **costly}, headers=bearer(key)
             )
 
     for response in (replaced, created):
         assert_problem(response, 422, f"takes longer than {RENDER_DEADLINE_S:g} s to compile")
         assert response.json()["detail"].endswith("(the time bound)")
-    kept = await client.get("/v1/templates/costly", headers=bearer(key))
+    kept = await smtp_client.get("/v1/templates/costly", headers=bearer(key))
     assert kept.json()["text"] == "Hi {{ name }}"
-    assert (await client.get("/v1/templates/other", headers=bearer(key))).status_code == 404
+    assert (await smtp_client.get("/v1/templates/other", headers=bearer(key))).status_code == 404
     assert health.answers >= 3
     assert health.longest < HEALTHZ_WITHIN_S, f"/healthz took {health.longest:.2f} s"
     print(f"/healthz at most {health.longest:.3f} s; memory grew {memory.growth_mb:.0f} MB")

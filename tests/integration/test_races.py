@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from support.api import bearer, new_tenant
+from support.served import client_of, started
 from support.stores import BOTH_BACKENDS
-from tidings.api.app import create_api
 from tidings.app import Tidings
 from tidings.config import Settings
 from tidings.domain.models import EndpointKind
@@ -35,18 +35,8 @@ async def two(database_url: str, make_settings: Callable[..., Settings]) -> Asyn
     async with contextlib.AsyncExitStack() as stack:
         apps: list[Tidings] = []
         for _ in range(2 if database_url.startswith("postgresql") else 1):
-            app = Tidings(make_settings(), role="api")
-            await app.start()
-            stack.push_async_callback(app.stop)
-            apps.append(app)
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=create_api(app)), base_url="http://t"
-                )
-            )
-            for app in (apps[0], apps[-1])
-        ]
+            apps.append(await stack.enter_async_context(started(make_settings(), role="api")))
+        clients = [await stack.enter_async_context(client_of(app)) for app in (apps[0], apps[-1])]
         yield apps[0], clients[0], clients[1]
 
 

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from support.api import bearer, new_endpoint, new_tenant, send
 from support.receivers import Receiver
+from support.served import client_of, started
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Role, Tidings
 from tidings.config import Settings
 from tidings.engine.dispatcher import IDLE_WAKEUP_S
@@ -35,19 +35,16 @@ async def start(
     """``await start(role)``: another process's worth of tidings on the test's database."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def started(role: Role) -> Tidings:
-            app = Tidings(make_settings(database_url=postgres_url), role=role)
-            await app.start()
-            stack.push_async_callback(app.stop)
-            return app
+        async def one(role: Role) -> Tidings:
+            settings = make_settings(database_url=postgres_url)
+            return await stack.enter_async_context(started(settings, role=role))
 
-        yield started
+        yield one
 
 
 def _client(app: Tidings) -> httpx.AsyncClient:
     """The HTTP server of ``app``'s process, as ``tidings serve`` or ``tidings worker`` runs it."""
-    served = create_api(app, operations_only=app.role == "worker")
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://t")
+    return client_of(app, operations_only=app.role == "worker")
 
 
 async def test_an_api_process_and_two_workers_deliver_every_message_once(

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import structlog
@@ -20,27 +18,15 @@ from pydantic import SecretStr
 
 from support.api import bearer, new_endpoint, new_tenant, send
 from support.receivers import Receiver
+from support.served import served
 from support.stores import BOTH_BACKENDS, ENCRYPTION_KEY
 from support.waiting import wait_for
-from tidings.api.app import create_api
 from tidings.app import Tidings, load_keys, open_secrets
 from tidings.config import Settings
 from tidings.crypto import Keyring, generate_key, is_sealed, key_id_of
 from tidings.exceptions import EncryptionKeyError
 
 OTHER_KEY = generate_key()
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = Tidings(settings)
-    await app.start()
-    try:
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://tidings") as client:
-            yield client
-    finally:
-        await app.stop()
 
 
 def raw(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -69,7 +55,7 @@ def stored_secrets(url: str, endpoint_id: str) -> tuple[str, str | None]:
 async def test_secrets_are_stored_encrypted_and_still_sign(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
-    async with running(make_settings()) as client:
+    async with served(make_settings()) as (_, client):
         _, key = await new_tenant(client)
         endpoint = await new_endpoint(client, key, receiver.url)
         first = endpoint["secret"]
@@ -98,7 +84,7 @@ async def test_secrets_are_stored_encrypted_and_still_sign(
 async def test_a_store_read_with_the_wrong_key_is_a_clear_start_up_error(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
-    async with running(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))) as client:
+    async with served(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))) as (_, client):
         _, key = await new_tenant(client)
         await new_endpoint(client, key, receiver.url)
 
@@ -119,7 +105,7 @@ async def test_a_store_read_with_the_wrong_key_is_a_clear_start_up_error(
 async def test_a_store_without_endpoints_still_refuses_the_wrong_key(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with running(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))):
+    async with served(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))):
         pass
 
     wrong = Tidings(make_settings(encryption_key=SecretStr(OTHER_KEY)))
@@ -136,7 +122,7 @@ async def test_plaintext_secrets_of_an_older_store_are_encrypted_at_the_first_st
 ) -> None:
     settings = make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))
     receivers = [await make_receiver(), await make_receiver()]
-    async with running(settings) as client:
+    async with served(settings) as (_, client):
         _, key = await new_tenant(client)
         endpoints = [await new_endpoint(client, key, r.url) for r in receivers]
     # The store as tidings kept it before: secrets in plaintext, and no canary.
@@ -150,7 +136,7 @@ async def test_plaintext_secrets_of_an_older_store_are_encrypted_at_the_first_st
     raw(database_url, "DELETE FROM settings WHERE key = 'encryption_canary'")
 
     with structlog.testing.capture_logs() as logs:
-        async with running(settings) as client:
+        async with served(settings) as (_, client):
             for receiver, endpoint in zip(receivers, endpoints, strict=True):
                 receiver.secret = endpoint["secret"]
             await send(client, key)
@@ -170,7 +156,7 @@ async def test_a_sealed_secret_copied_to_another_endpoint_does_not_open(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
     settings = make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))
-    async with running(settings) as client:
+    async with served(settings) as (_, client):
         tenant_id, key = await new_tenant(client)
         mine, theirs = [await new_endpoint(client, key, receiver.url) for _ in range(2)]
     stolen, _ = stored_secrets(database_url, theirs["id"])
@@ -209,7 +195,7 @@ async def test_a_lost_key_file_is_named_and_not_replaced(
 ) -> None:
     """On SQLite (the database_url fixture's default): only there is a key file kept."""
     settings = make_settings(encryption_key=None)
-    async with running(settings) as client:
+    async with served(settings) as (_, client):
         _, key = await new_tenant(client)
         await new_endpoint(client, key, receiver.url)
     key_file = database_url.removeprefix("sqlite:///") + ".key"
@@ -229,7 +215,7 @@ async def test_after_re_encryption_the_old_key_can_go(
     make_settings: Callable[..., Settings], database_url: str, receiver: Receiver
 ) -> None:
     new = generate_key()
-    async with running(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))) as client:
+    async with served(make_settings(encryption_key=SecretStr(ENCRYPTION_KEY))) as (_, client):
         _, key = await new_tenant(client)
         endpoint = await new_endpoint(client, key, receiver.url)
         await client.post(f"/v1/endpoints/{endpoint['id']}/rotate-secret", headers=bearer(key))
@@ -244,7 +230,7 @@ async def test_after_re_encryption_the_old_key_can_go(
     new_id = Keyring.parse(new).sealing_id
     assert {key_id_of(s) for s in stored_secrets(database_url, endpoint["id"]) if s} == {new_id}
     receiver.secret = endpoint["secret"]  # the previous secret, still in its grace
-    async with running(make_settings(encryption_key=SecretStr(new))) as client:
+    async with served(make_settings(encryption_key=SecretStr(new))) as (_, client):
         await send(client, key)
         await wait_for(lambda: len(receiver.received) == 1)
     assert receiver.received[0].verified is True

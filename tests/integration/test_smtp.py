@@ -9,7 +9,7 @@ what it received and counts the connections it served.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from support.smtp import DROP, STALL, Mailbox, SmtpController
-from support.sockets import free_port, leaves_nothing_open
+from support.sockets import free_port
 from tidings.channels.email import OutgoingEmail, SmtpChannel, build_message, message_id
 from tidings.domain.retry import Verdict, decide
 from tidings.smtp_url import SmtpSettings, parse_smtp_url
@@ -30,6 +30,8 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DOMAIN = "mail.tidings.test"
 ENVELOPE_SENDER = "bounces@tidings.test"
 USER, PASSWORD = "tidings", "s3cret pass"
+
+pytestmark = pytest.mark.usefixtures("nothing_left_open")
 
 
 def an_email(**fields: Any) -> OutgoingEmail:
@@ -46,13 +48,6 @@ def an_email(**fields: Any) -> OutgoingEmail:
     return OutgoingEmail(**values)
 
 
-@pytest.fixture(autouse=True)
-def _leaves_nothing_open() -> Iterator[None]:
-    """Every server thread and every socket a test opened is gone when it ends."""
-    with leaves_nothing_open():
-        yield
-
-
 def _authenticate(
     server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
 ) -> AuthResult:
@@ -61,33 +56,6 @@ def _authenticate(
         PASSWORD.encode(),
     )
     return AuthResult(success=ok, handled=False)  # handled=False: the server sends the 535
-
-
-@pytest.fixture
-def start_server() -> Iterator[Callable[..., SmtpController]]:
-    """Start an SMTP server: ``start_server(**aiosmtpd SMTP options)``; all stopped after."""
-    started: list[SmtpController] = []
-
-    def start(**kwargs: Any) -> SmtpController:
-        controller = SmtpController(Mailbox(), **kwargs)
-        controller.start()
-        controller.mailbox.servers.clear()  # the controller's own start-up probe
-        started.append(controller)
-        return controller
-
-    yield start
-    for controller in started:
-        controller.stop()
-
-
-@pytest.fixture
-def server(start_server: Callable[..., SmtpController]) -> SmtpController:
-    return start_server()
-
-
-@pytest.fixture
-def mailbox(server: SmtpController) -> Mailbox:
-    return server.mailbox
 
 
 def _lf(text: str) -> str:
@@ -126,8 +94,8 @@ async def make_channel() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def channel(server: SmtpController, make_channel: Callable[..., Any]) -> SmtpChannel:
-    found: SmtpChannel = await make_channel(settings_for(server.port))
+async def channel(smtp: SmtpController, make_channel: Callable[..., Any]) -> SmtpChannel:
+    found: SmtpChannel = await make_channel(settings_for(smtp.port))
     return found
 
 
@@ -182,17 +150,17 @@ async def test_two_sends_reuse_one_connection(channel: SmtpChannel, mailbox: Mai
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced(
-    channel: SmtpChannel, server: SmtpController
+    channel: SmtpChannel, smtp: SmtpController
 ) -> None:
     assert (await channel.send(an_email(), NOW)).outcome.succeeded
-    server.hang_up_all()
+    smtp.hang_up_all()
     await asyncio.sleep(0.05)
 
     sent = await channel.send(an_email(email_id="eml_2"), NOW)
 
     assert sent.outcome.succeeded
-    assert server.mailbox.connections == 2
-    assert len(server.mailbox.received) == 2
+    assert smtp.mailbox.connections == 2
+    assert len(smtp.mailbox.received) == 2
 
 
 async def test_a_pooled_connection_found_dead_on_use_is_retried_once_on_a_fresh_one(
@@ -289,10 +257,10 @@ async def test_nothing_listening_is_connect_error(make_channel: Callable[..., An
 
 
 async def test_a_server_that_does_not_answer_is_timeout(
-    server: SmtpController, make_channel: Callable[..., Any]
+    smtp: SmtpController, make_channel: Callable[..., Any]
 ) -> None:
-    channel = await make_channel(settings_for(server.port, timeout_s=0.3))
-    server.mailbox.next("DATA", STALL)
+    channel = await make_channel(settings_for(smtp.port, timeout_s=0.3))
+    smtp.mailbox.next("DATA", STALL)
 
     sent = await channel.send(an_email(), NOW)
 
@@ -300,22 +268,22 @@ async def test_a_server_that_does_not_answer_is_timeout(
     assert sent.outcome.permanent is False
     after = await channel.send(an_email(), NOW)
     assert after.outcome.succeeded
-    assert server.mailbox.connections == 2  # the timed-out connection was not reused
+    assert smtp.mailbox.connections == 2  # the timed-out connection was not reused
 
 
 async def test_the_pool_never_opens_more_than_max_connections(
-    server: SmtpController, make_channel: Callable[..., Any]
+    smtp: SmtpController, make_channel: Callable[..., Any]
 ) -> None:
-    channel = await make_channel(settings_for(server.port), max_connections=2)
-    server.mailbox.data_delay_s = 0.05
+    channel = await make_channel(settings_for(smtp.port), max_connections=2)
+    smtp.mailbox.data_delay_s = 0.05
 
     sent = await asyncio.gather(
         *(channel.send(an_email(email_id=f"eml_{n}"), NOW) for n in range(6))
     )
 
     assert all(one.outcome.succeeded for one in sent)
-    assert len(server.mailbox.received) == 6
-    assert server.mailbox.connections == 2
+    assert len(smtp.mailbox.received) == 6
+    assert smtp.mailbox.connections == 2
 
 
 async def test_close_quits_idle_connections(channel: SmtpChannel, mailbox: Mailbox) -> None:
@@ -328,11 +296,11 @@ async def test_close_quits_idle_connections(channel: SmtpChannel, mailbox: Mailb
 
 
 async def test_login_when_a_user_name_is_set(
-    start_server: Callable[..., SmtpController], make_channel: Callable[..., Any]
+    start_smtp: Callable[..., SmtpController], make_channel: Callable[..., Any]
 ) -> None:
-    server = start_server(authenticator=_authenticate, auth_require_tls=False)
-    good = await make_channel(settings_for(server.port, username=USER, password=PASSWORD))
-    bad = await make_channel(settings_for(server.port, username=USER, password="wrong"))
+    smtp = start_smtp(authenticator=_authenticate, auth_require_tls=False)
+    good = await make_channel(settings_for(smtp.port, username=USER, password=PASSWORD))
+    bad = await make_channel(settings_for(smtp.port, username=USER, password="wrong"))
 
     accepted = await good.send(an_email(), NOW)
     refused = await bad.send(an_email(), NOW)
@@ -344,21 +312,21 @@ async def test_login_when_a_user_name_is_set(
     assert refused.outcome.detail is not None
     assert refused.outcome.detail.startswith("login refused")
     assert PASSWORD not in refused.outcome.detail
-    assert len(server.mailbox.received) == 1
+    assert len(smtp.mailbox.received) == 1
 
 
 async def test_starttls_is_required_when_asked_for(
-    server: SmtpController, make_channel: Callable[..., Any]
+    smtp: SmtpController, make_channel: Callable[..., Any]
 ) -> None:
     # The test server offers no STARTTLS: the channel must not fall back to plain text.
-    channel = await make_channel(settings_for(server.port, tls="starttls"))
+    channel = await make_channel(settings_for(smtp.port, tls="starttls"))
 
     sent = await channel.send(an_email(), NOW)
 
     assert sent.outcome.error == "connect_error"
     assert sent.outcome.detail is not None
     assert "STARTTLS" in sent.outcome.detail.upper()
-    assert server.mailbox.received == []
+    assert smtp.mailbox.received == []
 
 
 async def test_an_email_that_cannot_be_built_is_permanent_not_raised(

@@ -29,8 +29,6 @@ from support.receivers import Receiver
 from support.served import served
 from support.stores import postgres_server
 from support.waiting import wait_for
-from tidings.api.app import create_api
-from tidings.app import Tidings
 from tidings.config import Settings
 from tidings.store import open_store
 from tidings.store.ports import Change
@@ -267,26 +265,20 @@ async def test_a_worker_rides_out_its_sessions_ended_under_load(
     dispatcher logs the store's errors and goes on, and every message accepted is
     delivered."""
     database = _name_of(postgres_url)
-    app = Tidings(make_settings(database_url=postgres_url))
-    await app.start()
-    try:
-        transport = httpx.ASGITransport(app=create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            _, key = await new_tenant(client)
-            await new_endpoint(client, key, receiver.url, max_in_flight=5)
-            accepted: set[str] = set()
-            for round_ in range(10):
-                for _ in range(20):
-                    answer = await _post(client, key)
-                    if answer.status_code == 202:
-                        accepted.add(answer.json()["id"])
-                await asyncio.to_thread(_end_sessions, database)
-                assert not app.failed.is_set(), f"a background task died in round {round_}"
+    async with served(make_settings(database_url=postgres_url)) as (app, client):
+        _, key = await new_tenant(client)
+        await new_endpoint(client, key, receiver.url, max_in_flight=5)
+        accepted: set[str] = set()
+        for round_ in range(10):
+            for _ in range(20):
+                answer = await _post(client, key)
+                if answer.status_code == 202:
+                    accepted.add(answer.json()["id"])
+            await asyncio.to_thread(_end_sessions, database)
+            assert not app.failed.is_set(), f"a background task died in round {round_}"
 
-            def delivered() -> bool:
-                return accepted <= {r.webhook_id for r in receiver.received}
+        def delivered() -> bool:
+            return accepted <= {r.webhook_id for r in receiver.received}
 
-            await wait_for(delivered, within=20)
-            assert not app.failed.is_set()
-    finally:
-        await app.stop()
+        await wait_for(delivered, within=20)
+        assert not app.failed.is_set()

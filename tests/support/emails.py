@@ -20,10 +20,12 @@ CONFIRM: dict[str, Any] = {
 
 
 async def create_template(
-    client: httpx.AsyncClient, key: str, template: dict[str, Any]
+    client: httpx.AsyncClient, key: str, template: dict[str, Any] = CONFIRM, **fields: Any
 ) -> dict[str, Any]:
-    """``POST /v1/templates``, which must succeed; the template as created."""
-    response = await client.post("/v1/templates", json=template, headers=bearer(key))
+    """``POST /v1/templates`` of ``template`` with ``fields`` changed, which must succeed;
+    the template as created."""
+    body = {**template, **fields}
+    response = await client.post("/v1/templates", json=body, headers=bearer(key))
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 
@@ -18,9 +17,16 @@ from tidings.clock import Clock
 from tidings.config import Settings
 
 
-def client_of(app: Tidings, **transport: Any) -> httpx.AsyncClient:
-    """A client of ``app``'s API; ``transport`` passes options to httpx's ASGI transport."""
-    asgi = httpx.ASGITransport(app=create_api(app), **transport)
+def client_of(
+    app: Tidings, *, operations_only: bool = False, raise_app_exceptions: bool = True
+) -> httpx.AsyncClient:
+    """A client of ``app``'s API: only its operations routes (``/metrics``, ``/healthz``,
+    ``/readyz``, as ``tidings worker`` serves them) with ``operations_only``; an unhandled
+    error raised in the test (the default) or answered as the app's 500."""
+    asgi = httpx.ASGITransport(
+        app=create_api(app, operations_only=operations_only),
+        raise_app_exceptions=raise_app_exceptions,
+    )
     return httpx.AsyncClient(transport=asgi, base_url="http://tidings")
 
 
