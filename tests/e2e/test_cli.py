@@ -6,7 +6,6 @@ import asyncio
 import functools
 import os
 import re
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -22,6 +21,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from support.api import bearer, new_endpoint, send
 from support.receivers import Receiver
+from support.sockets import free_port
 from support.waiting import wait_for
 from tidings import __version__
 from tidings.crypto import Keyring, generate_key, key_id_of
@@ -39,20 +39,13 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[object]:
     """Start `tidings serve`; returns (base URL, stderr text once stopped)."""
     started: list[subprocess.Popen[str]] = []
 
     def start(**extra: str) -> tuple[str, subprocess.Popen[str]]:
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [*TIDINGS, "serve"],
             env=_env(tmp_path, TIDINGS_PORT=str(port), **extra),

@@ -14,27 +14,21 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import random
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-import httpx
 import pytest
 from aiohttp import web
 
-from support.api import ADMIN_TOKEN, bearer, new_endpoint, new_tenant
-from support.receivers import Receiver
+from support.api import bearer, deliveries, setup_endpoint
+from support.processes import LEASE_S, Server, api, killed_at_the_end, poster
+from support.receivers import Jittery, Receiver, first_and_repeats
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -44,148 +38,20 @@ CONCURRENCY = 32  # requests posted at a time
 KILL_AFTER = 800  # acknowledgements before the kill, at a moment an attempt is in flight...
 KILL_BY = 1500  # ...or at the latest (deliveries must have begun) when this many are
 MAX_IN_FLIGHT = 10  # the endpoint's cap on concurrent attempts
-LEASE_S = 2  # a killed process's claims return to pending this soon after the restart
-REQUEST_TIMEOUT_S = 1  # must be shorter than the lease; the receiver answers within 5 ms
 
 
 # the server under test -----------------------------------------------------------------
-
-
-def _command() -> list[str]:
-    script = shutil.which("tidings", path=str(Path(sys.executable).parent))
-    return [script, "serve"] if script else [sys.executable, "-m", "tidings", "serve"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    """``tidings serve`` in a subprocess, on one SQLite file and one port across restarts."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-        self.env = inherited | {
-            "TIDINGS_DATABASE_URL": f"sqlite:///{workdir / 'tidings.db'}",
-            "TIDINGS_PORT": str(self.port),
-            "TIDINGS_ADMIN_TOKEN": ADMIN_TOKEN,
-            "TIDINGS_ALLOW_NETWORKS": "127.0.0.0/8",
-            "TIDINGS_LEASE": str(LEASE_S),
-            "TIDINGS_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
-            "TIDINGS_LOG_LEVEL": "warning",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.logs: list[Path] = []
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self._proc is None, "already running"
-        log = self.workdir / f"server-{len(self.logs) + 1}.log"
-        self.logs.append(log)
-        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            self._proc = subprocess.Popen(
-                _command(), cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    async def ready(self, within: float = 30.0) -> None:
-        """Wait for ``/healthz`` (the store is migrated and the dispatcher runs by then)."""
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(base_url=self.url, timeout=1.0) as http:
-            while True:
-                assert self._proc is not None, "not started"
-                if self._proc.poll() is not None:
-                    raise AssertionError(f"tidings serve exited ({self._proc.returncode})")
-                try:
-                    if (await http.get("/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"tidings serve not healthy within {within}s")
-                await asyncio.sleep(0.05)
-
-    def kill(self) -> int | None:
-        """SIGKILL the server and reap it; its exit status (``-9`` if it was still running)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        return proc.wait(timeout=10)
-
-    def output(self) -> str:
-        return "\n".join(
-            f"----- {log.name} -----\n{log.read_text(errors='replace')}"
-            for log in self.logs
-            if log.exists()
-        )
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     """The server, always killed at the end; its output is shown if the test fails."""
     found = Server(tmp_path)
-    try:
+    with killed_at_the_end(found):
         yield found
-    finally:
-        found.kill()
-        # Captured, so pytest prints it only for a failed test.
-        print(found.output())
-
-
-@contextlib.asynccontextmanager
-async def api(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    """The API, for setting up and for reading back."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as http:
-        yield http
-
-
-@contextlib.asynccontextmanager
-async def poster(server: Server) -> AsyncIterator[aiohttp.ClientSession]:
-    """The API, for posting messages in bulk.
-
-    Not httpx: it costs ~3 ms of CPU a request and stalls in its pool at 32 at a time,
-    on the same CPUs as the server, which would make this test several times slower.
-    """
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(server.url, connector=connector, timeout=timeout) as session:
-        yield session
-
-
-# the receiver's answers ------------------------------------------------------------------
-
-
-class Jittery:
-    """Answer 204 after 0-5 ms, so attempts are genuinely in flight; count those being handled."""
-
-    def __init__(self) -> None:
-        self.handling = 0
-
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
-        self.handling += 1
-        try:
-            await asyncio.sleep(random.uniform(0, 0.005))
-        finally:
-            self.handling -= 1
-        return web.Response(status=204)
 
 
 # helpers -------------------------------------------------------------------------------
-
-
-async def setup_tenant(http: httpx.AsyncClient, receiver: Receiver) -> str:
-    """A tenant with one endpoint at ``receiver`` (which then checks signatures); its key."""
-    _, key = await new_tenant(http)
-    endpoint = await new_endpoint(http, key, receiver.url, max_in_flight=MAX_IN_FLIGHT)
-    receiver.secret = endpoint["secret"]
-    return key
 
 
 async def post(session: aiohttp.ClientSession, key: str, n: int) -> str:
@@ -200,21 +66,6 @@ async def post(session: aiohttp.ClientSession, key: str, n: int) -> str:
     body: dict[str, Any] = json.loads(text)
     assert len(body["deliveries"]) == 1, body
     return str(body["id"])
-
-
-async def deliveries(http: httpx.AsyncClient, key: str, **params: str) -> list[dict[str, Any]]:
-    """Every page of ``GET /v1/deliveries`` with ``params``."""
-    found: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query = {"limit": "1000", **params} | ({"cursor": cursor} if cursor else {})
-        response = await http.get("/v1/deliveries", params=query, headers=bearer(key))
-        assert response.status_code == 200, response.text
-        page = response.json()
-        found.extend(page["data"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return found
 
 
 @dataclass
@@ -283,21 +134,6 @@ async def post_all(
     return ids
 
 
-T = TypeVar("T")
-
-
-def first_and_repeats(items: list[T], key: Callable[[T], str]) -> tuple[dict[str, T], list[T]]:
-    """Each ``key``'s first arrival, and every later arrival of one (duplicates)."""
-    first: dict[str, T] = {}
-    repeats: list[T] = []
-    for item in items:
-        if key(item) in first:
-            repeats.append(item)
-        else:
-            first[key(item)] = item
-    return first, repeats
-
-
 # the scenarios -------------------------------------------------------------------------
 
 
@@ -313,8 +149,8 @@ async def test_kill_9_under_load_loses_no_acknowledged_message(
     server.start()
     await server.ready()
     async with api(server) as http:
-        key = await setup_tenant(http, receiver)
-    async with poster(server) as session:
+        key, _ = await setup_endpoint(http, receiver, max_in_flight=MAX_IN_FLIGHT)
+    async with poster(server, CONCURRENCY) as session:
         kill = await post_then_kill(
             server,
             session,
@@ -331,7 +167,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_message(
     restarted_at = time.monotonic()
     server.start()
     await server.ready()
-    async with poster(server) as session:
+    async with poster(server, CONCURRENCY) as session:
         acked += await post_all(session, key, numbers, TOTAL - len(acked))
     assert len(set(acked)) == len(acked) == TOTAL
     posted_at = time.monotonic()
@@ -395,8 +231,8 @@ async def test_kill_9_right_after_202_keeps_the_message(
     server.start()
     await server.ready()
     async with api(server) as http:
-        key = await setup_tenant(http, receiver)
-    async with poster(server) as session:
+        key, _ = await setup_endpoint(http, receiver, max_in_flight=MAX_IN_FLIGHT)
+    async with poster(server, CONCURRENCY) as session:
         message_id = await post(session, key, 42)
         status = server.kill()
     assert status == -signal.SIGKILL, "the server died before it was killed"

@@ -32,14 +32,15 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
-from test_crash import LEASE_S, Server, api, first_and_repeats, poster
 
 from support.api import bearer, new_tenant
-from support.sockets import free_port, leaves_nothing_open
+from support.processes import LEASE_S, Server, api, killed_at_the_end, poster
+from support.receivers import first_and_repeats
+from support.sockets import free_port
 from support.waiting import wait_for
 from tidings.domain.fanout import EMAIL_LANE_MAX_IN_FLIGHT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("nothing_left_open")]
 
 TOTAL = 500  # emails acknowledged over both lives of the server
 CONCURRENCY = 16  # emails posted at a time
@@ -94,13 +95,6 @@ class Mailbox:
         return "250 2.0.0 OK queued"
 
 
-@pytest.fixture(autouse=True)
-def _leaves_nothing_open() -> Iterator[None]:
-    """The SMTP server's thread and every socket the test opened are gone when it ends."""
-    with leaves_nothing_open():
-        yield
-
-
 @pytest.fixture
 def smtp() -> Iterator[Controller]:
     """aiosmtpd on 127.0.0.1 in its own thread, with a :class:`Mailbox`; stopped after."""
@@ -114,18 +108,15 @@ def smtp() -> Iterator[Controller]:
 
 @pytest.fixture
 def server(tmp_path: Path, smtp: Controller) -> Iterator[Server]:
-    """The server of ``test_crash.py``, sending email to ``smtp``; always killed at the end
-    (before the SMTP server stops), its output shown if the test fails."""
+    """``tidings serve``, sending email to ``smtp``; always killed at the end (before the
+    SMTP server stops), its output shown if the test fails."""
     found = Server(tmp_path)
     found.env |= {
         "TIDINGS_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}?timeout={SMTP_TIMEOUT_S}",
         "TIDINGS_EMAIL_FROM": f"receipts@{DOMAIN}",
     }
-    try:
+    with killed_at_the_end(found):
         yield found
-    finally:
-        found.kill()
-        print(found.output())
 
 
 # helpers -------------------------------------------------------------------------------

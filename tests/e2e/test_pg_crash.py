@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,32 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import psycopg
 import pytest
 from aiohttp import web
-from test_crash import (
-    CONCURRENCY,
-    LEASE_S,
-    MAX_IN_FLIGHT,
-    Jittery,
-    Server,
-    _command,  # how to run the tidings command from this environment
-    api,
-    deliveries,
-    first_and_repeats,
-    poster,
-)
 
-from support.api import bearer, new_endpoint, new_tenant
-from support.receivers import Receiver
-from support.stores import ENCRYPTION_KEY
+from support.api import bearer, deliveries, setup_endpoint
+from support.processes import LEASE_S, Node, api, killed_at_the_end, poster
+from support.receivers import Jittery, Receiver, first_and_repeats
 from support.waiting import wait_for
 from tidings.store.sql.postgres import LEADER_LOCK
 
 pytestmark = pytest.mark.slow
 
 TOTAL = 1500  # messages acknowledged in all, over both API processes
+CONCURRENCY = 32  # requests posted at a time
+MAX_IN_FLIGHT = 10  # the endpoint's cap on concurrent attempts, which the store holds
 KILL_AFTER = 500  # acknowledgements before the kill, at a moment the victim sends one...
 KILL_BY = 1000  # ...or at the latest (deliveries must have begun) when this many are
 WORKERS = 3
@@ -63,43 +51,6 @@ LEADERSHIP_MOVES_WITHIN_S = 10.0  # TIDINGS_HEALTH_INTERVAL is 1 s: survivors as
 
 
 # the processes under test --------------------------------------------------------------
-
-
-class Node(Server):
-    """One tidings process (``serve --role api`` or ``worker``) on the test's PostgreSQL
-    database. Its connections carry its name as their ``application_name``, so that
-    ``pg_stat_activity`` says which process holds a lock."""
-
-    def __init__(self, workdir: Path, name: str, args: list[str], database_url: str) -> None:
-        workdir.mkdir()
-        super().__init__(workdir)
-        self.name = name
-        self.args = args
-        self.env |= {
-            "TIDINGS_DATABASE_URL": database_url,
-            "TIDINGS_ENCRYPTION_KEY": ENCRYPTION_KEY,  # required on PostgreSQL
-            "TIDINGS_SENDERS": "0",
-            "TIDINGS_HEALTH_INTERVAL": "1",
-            "PGAPPNAME": name,  # libpq's default application_name
-        }
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None, f"{self.name} is not running"
-        return self._proc.pid
-
-    def start(self) -> None:
-        assert self._proc is None, "already running"
-        log = self.workdir / f"{self.name}-{len(self.logs) + 1}.log"
-        self.logs.append(log)
-        command = [*_command()[:-1], *self.args]  # _command() ends with "serve"
-        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            self._proc = subprocess.Popen(
-                command, cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
 
 
 @dataclass
@@ -135,13 +86,8 @@ def cluster(postgres_url: str, tmp_path: Path) -> Iterator[Cluster]:
         workers=[node(f"worker-{i}", ["worker"]) for i in range(1, WORKERS + 1)],
         apis=[node(f"api-{i}", ["serve", "--role", "api"]) for i in range(1, APIS + 1)],
     )
-    try:
+    with killed_at_the_end(*found.nodes):
         yield found
-    finally:
-        for each in found.nodes:
-            each.kill()
-        for each in found.nodes:
-            print(each.output())  # captured: pytest shows it only for a failed test
 
 
 # the leadership, as PostgreSQL sees it -------------------------------------------------
@@ -239,15 +185,6 @@ def ports_of(pid: int, remote_port: int) -> set[int]:
                 if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
                     found.add(int(local.rsplit(":", 1)[1], 16))
     return found
-
-
-async def setup_endpoint(http: httpx.AsyncClient, receiver: Receiver) -> tuple[str, str]:
-    """A tenant with one endpoint at ``receiver`` (which then checks signatures): the
-    tenant's key and the endpoint's id."""
-    _, key = await new_tenant(http)
-    endpoint = await new_endpoint(http, key, receiver.url, max_in_flight=MAX_IN_FLIGHT)
-    receiver.secret = endpoint["secret"]
-    return key, str(endpoint["id"])
 
 
 # the producer ---------------------------------------------------------------------------
@@ -391,10 +328,11 @@ async def test_kill_9_a_leading_worker_and_an_api_process_under_load(
     doomed_api, surviving_api = cluster.apis
     kill = Kill(worker=leading, api=doomed_api)
     async with api(surviving_api) as http:
-        key, endpoint_id = await setup_endpoint(http, receiver)
+        key, endpoint_id = await setup_endpoint(http, receiver, max_in_flight=MAX_IN_FLIGHT)
     async with contextlib.AsyncExitStack() as stack:
         sessions = {
-            node.name: await stack.enter_async_context(poster(node)) for node in cluster.apis
+            node.name: await stack.enter_async_context(poster(node, CONCURRENCY))
+            for node in cluster.apis
         }
         producer = Producer(key, sessions)
         survivors = workers - {leading.name}

@@ -25,11 +25,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_crash import Jittery, api, poster
-from test_pg_crash import Node, setup_endpoint
 
-from support.api import bearer
-from support.receivers import Receiver
+from support.api import bearer, setup_endpoint
+from support.processes import Node, api, killed_at_the_end, poster
+from support.receivers import Jittery, Receiver
 from support.sockets import free_port
 from support.waiting import wait_for
 
@@ -42,6 +41,7 @@ DOWN_S = 0.5  # how long the server stays down
 AFTER_S = 1.5  # posting after it is back, before the next stop
 RESTARTS = 3  # a worker that did not ride out a restart would often survive just one
 RESUMES_WITHIN_S = 10.0
+MAX_IN_FLIGHT = 10  # the endpoint's cap on concurrent attempts
 
 
 @dataclass
@@ -158,14 +158,14 @@ async def test_postgres_restarted_under_load(
         Node(tmp_path / "worker-1", "worker-1", ["worker"], url),
         Node(tmp_path / "worker-2", "worker-2", ["worker"], url),
     ]
-    try:
+    with killed_at_the_end(*nodes):
         nodes[1].start()  # the first migrates; the others find nothing to do
         await nodes[1].ready()
         for node in nodes[::2]:
             node.start()
         await asyncio.gather(*(node.ready() for node in nodes))
         async with api(nodes[0]) as http:
-            key, _ = await setup_endpoint(http, receiver)
+            key, _ = await setup_endpoint(http, receiver, max_in_flight=MAX_IN_FLIGHT)
         async with poster(nodes[0]) as session:
             producer = Producer(key, session)
             posting = asyncio.create_task(producer.run())
@@ -196,11 +196,6 @@ async def test_postgres_restarted_under_load(
         for node in nodes:
             assert node._proc is not None
             assert node._proc.poll() is None, f"{node.name} stopped"
-    finally:
-        for node in nodes:
-            node.kill()
-        for node in nodes:
-            print(node.output())
 
 
 def delivered_now(receiver: Receiver, seen: set[str]) -> set[str]:
