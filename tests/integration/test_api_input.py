@@ -10,15 +10,15 @@ were, and no listing gains or loses a row.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from support.api import admin, bearer, new_endpoint, new_tenant, send
-from support.problems import Bad, assert_problem, assert_refused, send_bad
+from support.api import admin, bearer, chunked, new_endpoint, new_tenant, send
+from support.problems import Bad, assert_problem, refuse_each, send_bad
 from support.receivers import Receiver
 from tidings import ids
 
@@ -86,9 +86,7 @@ async def refuse_all(world: World, cases: Sequence[Bad]) -> None:
     """Send every bad request; each is a problem document and changes nothing."""
     before = await world.snapshot()
     assert before["endpoints"] == [world.endpoint["id"]]
-    for bad in cases:
-        assert_refused(await world.request(bad), bad)
-        assert await world.snapshot() == before, f"{bad} changed what was already accepted"
+    await refuse_each(cases, world.request, world.snapshot, before)
 
 
 async def _build_world(client: httpx.AsyncClient, url: str, *, send_message: bool) -> World:
@@ -258,14 +256,6 @@ def message_body(size: int) -> bytes:
     return json.dumps(
         {"event_type": "order.paid", "payload": "x" * padding}, separators=(",", ":")
     ).encode()
-
-
-def chunked(body: bytes, size: int = 16 * 1024) -> Callable[[], AsyncIterator[bytes]]:
-    async def stream() -> AsyncIterator[bytes]:
-        for start in range(0, len(body), size):
-            yield body[start : start + size]
-
-    return stream
 
 
 @pytest.mark.parametrize(

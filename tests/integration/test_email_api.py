@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from support.api import bearer, new_tenant
-from support.problems import UNSET, Bad, assert_problem, assert_refused, send_bad
+from support.api import bearer, chunked, new_tenant
+from support.problems import UNSET, Bad, assert_problem, refuse_each, send_bad
 from support.waiting import wait_for
 from tidings import ids
 
@@ -154,9 +154,7 @@ async def refuse_all(world: World, cases: Sequence[Bad]) -> None:
     assert before["email"]["status"] == "delivered"
     assert before["template"]["text"] == CONFIRM["text"]
     await world.assert_sink_holds_exactly_the_accepted()
-    for bad in cases:
-        assert_refused(await world.request(bad), bad)
-        assert await world.snapshot() == before, f"{bad} changed what was already accepted"
+    await refuse_each(cases, world.request, world.snapshot, before)
     # Nothing refused slipped into the sink, and the template still sends as it was.
     after = await world.send(reference="after the refusals")
     await world.assert_sink_holds_exactly_the_accepted()
@@ -1183,14 +1181,6 @@ async def test_an_idempotency_key_used_by_a_message_is_not_an_email_replay(world
 
 
 # --- size --------------------------------------------------------------------------------
-
-
-def chunked(body: bytes, size: int = 16 * 1024) -> Callable[[], AsyncIterator[bytes]]:
-    async def stream() -> AsyncIterator[bytes]:
-        for start in range(0, len(body), size):
-            yield body[start : start + size]
-
-    return stream
 
 
 async def test_an_oversize_body_is_a_413(world: World) -> None:

@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 
 from support.api import bearer, new_endpoint, new_tenant
 from support.emails import create_template, email_of, send_email, settled_email, sink
-from support.receivers import Receiver
+from support.receivers import Receiver, json_response
 from support.smtp import DROP, Mailbox
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
@@ -95,13 +95,9 @@ class LookupServer:
         return f"http://127.0.0.1:{self.port}/supporters?email={{{{ to }}}}"
 
 
-def _json(document: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json")
-
-
 def answering(document: object, status: int = 200) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
-        return _json(document, status)
+        return json_response(document, status)
 
     return answer
 
@@ -111,7 +107,7 @@ SLOW_SECONDS = 2.0
 
 async def _slow(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(SLOW_SECONDS)  # cancelled once the lookup hangs up
-    return _json({"subscribed": True})
+    return json_response({"subscribed": True})
 
 
 async def _not_json(request: web.Request) -> web.StreamResponse:

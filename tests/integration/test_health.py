@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from support.api import admin, bearer, delivery_states, new_endpoint, new_tenant, send
+from support.api import admin, bearer, delivery_states, endpoint_of, new_endpoint, new_tenant, send
 from support.receivers import Receiver, hang, ok, status
 from support.served import served
 from support.smtp import Mailbox, SmtpController
@@ -62,13 +62,6 @@ async def _tenant(client: httpx.AsyncClient, **policy: Any) -> tuple[str, str]:
     )
     assert response.status_code == 200, response.text
     return tenant_id, key
-
-
-async def _endpoint(client: httpx.AsyncClient, key: str, eid: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/endpoints/{eid}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def _notices(mailbox: Mailbox) -> list[tuple[str, str]]:
@@ -142,14 +135,14 @@ async def test_a_receiver_that_goes_down_and_comes_back(
         await wait_for(lambda before=before: len(receiver.received) == before + 1)  # type: ignore[misc]
         await app.health.evaluate()  # still a warning: no second notice
         await asyncio.sleep(0.2)
-        assert (await _endpoint(client, key, endpoint["id"]))["state"] == "active"
+        assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "active"
     down_attempts = len(receiver.received)
     assert down_attempts <= 9  # without the breaker: hundreds by now
 
     # Failing with no success for 2 minutes, 6+ failed attempts: critical, suspended.
     clock.advance(60)
     await app.health.evaluate()
-    shown = await _endpoint(client, key, endpoint["id"])
+    shown = await endpoint_of(client, key, endpoint["id"])
     assert shown["state"] == "suspended"
     assert shown["held"] == 10
     suspension = shown["suspensions"][0]
@@ -196,7 +189,7 @@ async def test_a_receiver_that_goes_down_and_comes_back(
     assert order == list(range(11))  # in the order they were created
     assert set(await _all_states(client, key, [*sent, late])) == {"succeeded"}
 
-    shown = await _endpoint(client, key, endpoint["id"])
+    shown = await endpoint_of(client, key, endpoint["id"])
     assert shown["state"] == "active"
     assert shown["held"] == 0
     assert shown["suspensions"][0]["resumed_by"].startswith("api key tdk_")
@@ -225,14 +218,14 @@ async def test_deliveries_dead_in_the_outage_can_be_replayed_after_it(
 
     await wait_for(lambda: _all_in(client, key, sent, "dead"))
     await app.health.evaluate()  # 4 dead in 30 min: critical, suspended
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
 
     receiver.behaviour = ok
     resumed = await client.post(f"/v1/endpoints/{endpoint['id']}/resume", headers=bearer(key))
     assert resumed.json()["draining"] == 0
     clock.advance(15)
     await app.health.evaluate()  # the outage's 4 dead count no more: it stays resumed
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "active"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "active"
     until = clock.now() + timedelta(seconds=1)
     replay = await client.post(
         "/v1/deliveries/replay",
@@ -260,14 +253,14 @@ async def test_deliveries_replayed_while_suspended_are_held_and_drain_on_resumpt
 
     await wait_for(lambda: _all_in(client, key, sent, "dead"))
     await app.health.evaluate()
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
 
     replay = await client.post(
         "/v1/deliveries/replay", json={"endpoint_id": endpoint["id"]}, headers=bearer(key)
     )
     assert replay.json()["replayed"] == 3
     assert await _all_in(client, key, sent, "held")
-    assert (await _endpoint(client, key, endpoint["id"]))["held"] == 3
+    assert (await endpoint_of(client, key, endpoint["id"]))["held"] == 3
     again = await client.post(
         "/v1/deliveries/replay", json={"endpoint_id": endpoint["id"]}, headers=bearer(key)
     )
@@ -306,7 +299,7 @@ async def test_a_410_to_an_attempt_in_flight_at_the_suspension_disables_the_endp
     answer.set()
 
     async def disabled() -> bool:
-        return (await _endpoint(client, key, endpoint["id"]))["state"] == "disabled"
+        return (await endpoint_of(client, key, endpoint["id"]))["state"] == "disabled"
 
     await wait_for(disabled)
     await wait_for(lambda: _all_in(client, key, [first, second], "dead"))
@@ -386,7 +379,7 @@ async def test_alert_only_tells_of_a_critical_alarm_without_suspending(
     assert _notices(smtp.mailbox)[0][0] == f"[tidings] Your endpoint {receiver.url} is down"
     assert "2 deliveries died in the last 30 min" in _notices(smtp.mailbox)[0][1]
     assert len(smtp.mailbox.received) == 1  # once a day, like a warning
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "active"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "active"
 
 
 async def test_an_owner_notice_is_not_a_status_callback_of_the_tenant(
@@ -491,7 +484,7 @@ async def test_auto_resume_after_a_signed_health_check_answered_in_time(
     dead = (await send(client, key))["id"]
     await wait_for(lambda: _all_in(client, key, [dead], "dead"))
     await app.health.evaluate()  # one dead: critical, suspended by tidings
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
     receiver.received.clear()
     held = (await send(client, key))["id"]
 
@@ -504,7 +497,7 @@ async def test_auto_resume_after_a_signed_health_check_answered_in_time(
     assert orjson.loads(probe.body) == {"type": "tidings.health_check"}
     assert probe.verified
     assert probe.headers["webhook-id"].startswith("hc_")
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
 
     receiver.behaviour = hang  # an answer after 2 s is no answer
     clock.advance(31)  # not yet: the wait doubled to 60 s
@@ -513,12 +506,12 @@ async def test_auto_resume_after_a_signed_health_check_answered_in_time(
     clock.advance(30)
     await app.health.evaluate()
     assert len(receiver.received) == 2
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
 
     receiver.behaviour = ok
     clock.advance(121)
     await app.health.evaluate()
-    shown = await _endpoint(client, key, endpoint["id"])
+    shown = await endpoint_of(client, key, endpoint["id"])
     assert shown["state"] == "active"
     assert shown["suspensions"][0]["resumed_by"] == "tidings: the health check passed"
     await wait_for(lambda: len(receiver.received) == 4)
@@ -538,7 +531,7 @@ async def test_an_endpoint_suspended_by_hand_is_not_resumed_by_a_health_check(
         clock.advance(3600)
         await app.health.evaluate()
     assert receiver.received == []  # not even probed
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
 
 
 async def test_a_resumption_by_hand_during_a_health_check_is_no_error(
@@ -551,7 +544,7 @@ async def test_a_resumption_by_hand_during_a_health_check_is_no_error(
     dead = (await send(client, key))["id"]
     await wait_for(lambda: _all_in(client, key, [dead], "dead"))
     await app.health.evaluate()
-    assert (await _endpoint(client, key, endpoint["id"]))["state"] == "suspended"
+    assert (await endpoint_of(client, key, endpoint["id"]))["state"] == "suspended"
 
     async def resumed_meanwhile(request: web.Request) -> web.StreamResponse:
         url = f"/v1/endpoints/{endpoint['id']}/resume"
@@ -562,7 +555,7 @@ async def test_a_resumption_by_hand_during_a_health_check_is_no_error(
     receiver.behaviour = resumed_meanwhile
     clock.advance(31)
     await app.health.evaluate()  # the health check passes; resuming it again is a conflict
-    shown = await _endpoint(client, key, endpoint["id"])
+    shown = await endpoint_of(client, key, endpoint["id"])
     assert shown["state"] == "active"
     assert shown["suspensions"][0]["resumed_by"].startswith("api key tdk_")
 
@@ -589,11 +582,11 @@ async def test_an_open_breaker_is_kept_in_the_store_for_the_next_process(
             await send(client, found["key"])
         await wait_for(lambda: len(receiver.received) == 5)
         await asyncio.sleep(0.2)
-        assert (await _endpoint(client, found["key"], found["id"]))["breaker"]["state"] == "open"
+        assert (await endpoint_of(client, found["key"], found["id"]))["breaker"]["state"] == "open"
 
     async def still_open(app: Tidings, client: httpx.AsyncClient) -> None:
         receiver.behaviour = ok
-        shown = await _endpoint(client, found["key"], found["id"])
+        shown = await endpoint_of(client, found["key"], found["id"])
         assert shown["breaker"]["state"] == "open"
         await send(client, found["key"])
         await asyncio.sleep(0.5)

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from support.api import admin, bearer, delivery_states, new_endpoint, new_tenant, send, settled
-from support.problems import Bad, assert_refused, send_bad
+from support.problems import Bad, assert_refused, refuse_each, send_bad
 from support.receivers import Receiver
 from support.waiting import wait_for
 from tidings import ids
@@ -110,9 +110,7 @@ async def refuse_all(world: World, cases: Sequence[Bad]) -> None:
     before = await world.snapshot()
     assert before["endpoint"]["state"] == "active"
     assert before["endpoint"]["suspensions"] == []
-    for bad in cases:
-        assert_refused(await world.request(bad), bad)
-        assert await world.snapshot() == before, f"{bad} changed what was already accepted"
+    await refuse_each(cases, world.request, world.snapshot, before)
     await world.message_delivered()
     after = await world.read_endpoint()
     assert after["state"] == "active"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ import httpx
 from support.api import bearer, new_tenant
 from support.emails import create_template, email_of, send_email
 from support.problems import assert_problem
+from support.processes import children
 from support.smtp import SmtpController
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
@@ -63,21 +63,10 @@ def _status_kb(pid: int | str, name: str) -> int:
     return 0
 
 
-def _children() -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError):
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == os.getpid() and fields[0] != "Z":
-                found.append(int(pid))
-    return found
-
-
 def _tree_rss() -> int:
     """The resident memory of this process and every process it started, in bytes."""
     total = _status_kb("self", "VmRSS")
-    for child in _children():
+    for child in children():
         with contextlib.suppress(OSError):
             total += _status_kb(child, "VmRSS")
     return total * 1024

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 from structlog.testing import capture_logs
 
+from support.receivers import json_response
 from tidings.channels import lookup
 from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult, Lookups
 from tidings.channels.ssrf import SsrfGuard
@@ -45,10 +46,6 @@ class Server:
 
     def count(self, path: str) -> int:
         return self.requests.count(path)
-
-
-def _json(document: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json")
 
 
 def _padded(size: int) -> bytes:
@@ -79,7 +76,7 @@ async def _stall(request: web.Request) -> None:
 
 async def _slow(request: web.Request) -> web.StreamResponse:
     await _stall(request)
-    return _json({"subscribed": True})
+    return json_response({"subscribed": True})
 
 
 async def _slow_body(request: web.Request) -> web.StreamResponse:
@@ -129,18 +126,18 @@ def _answering(make: Callable[[], web.StreamResponse]) -> Handler:
 
 
 _ROUTES: dict[str, Handler] = {
-    "/found": _answering(lambda: _json({"subscribed": True})),
-    "/unsubscribed": _answering(lambda: _json({"subscribed": False})),
-    "/error": _answering(lambda: _json({"subscribed": True}, status=500)),
+    "/found": _answering(lambda: json_response({"subscribed": True})),
+    "/unsubscribed": _answering(lambda: json_response({"subscribed": False})),
+    "/error": _answering(lambda: json_response({"subscribed": True}, status=500)),
     "/garbage": _answering(
         lambda: web.Response(text="<html>oops</html>", content_type="text/html")
     ),
     "/oversize": _answering(lambda: web.Response(body=_padded(MAX_BYTES + 1024))),
     "/at-limit": _answering(lambda: web.Response(body=_padded(MAX_BYTES))),
-    "/empty": _answering(lambda: _json({})),
-    "/null": _answering(lambda: _json({"subscribed": None})),
-    "/object": _answering(lambda: _json({"subscribed": {"yes": True}})),
-    "/array": _answering(lambda: _json({"subscribed": [True]})),
+    "/empty": _answering(lambda: json_response({})),
+    "/null": _answering(lambda: json_response({"subscribed": None})),
+    "/object": _answering(lambda: json_response({"subscribed": {"yes": True}})),
+    "/array": _answering(lambda: json_response({"subscribed": [True]})),
     "/redirect": _redirect,
     "/slow": _slow,
     "/slow-body": _slow_body,

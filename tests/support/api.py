@@ -44,6 +44,14 @@ async def new_endpoint(
     return body
 
 
+async def endpoint_of(client: httpx.AsyncClient, key: str, endpoint_id: str) -> dict[str, Any]:
+    """``GET /v1/endpoints/{endpoint_id}``, which must succeed."""
+    response = await client.get(f"/v1/endpoints/{endpoint_id}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 async def setup_endpoint(
     client: httpx.AsyncClient, receiver: Receiver, **fields: Any
 ) -> tuple[str, str]:

@@ -129,6 +129,18 @@ class Node(Server):
         }
 
 
+def children() -> list[int]:
+    """The processes this one started that are still running (Linux: read from /proc)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError):  # gone meanwhile, or not a process
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append(int(pid))
+    return found
+
+
 @contextlib.contextmanager
 def killed_at_the_end(*servers: Server) -> Iterator[None]:
     """Every one of ``servers`` is killed at the end, whatever happened, and its output

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import orjson
 from aiohttp import web
 from standardwebhooks import Webhook
 
@@ -28,6 +29,11 @@ class Received:
 
 
 Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(document: object, status: int = 200) -> web.Response:
+    """``document`` as a JSON answer."""
+    return web.Response(body=orjson.dumps(document), status=status, content_type="application/json")
 
 
 async def ok(request: web.Request) -> web.StreamResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import signal
@@ -14,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
 
+from support.processes import children
 from tidings.email.bounds import (
     MAX_RENDERED,
     RENDER_DEADLINE_S,
@@ -538,11 +538,11 @@ async def test_a_template_that_takes_too_long_to_compile_is_refused(renderer: Re
 
 async def test_a_child_that_does_not_answer_is_killed_at_the_deadline() -> None:
     """The alarm can be missed (a long call in C); the parent kills the child then."""
-    others = set(_children())
+    others = set(children())
     renderer = Renderer(children=1)
     try:
         assert await renderer.fields(CONFIRM) == {"name", "to"}
-        [child] = set(_children()) - others
+        [child] = set(children()) - others
         os.kill(child, signal.SIGSTOP)
         with pytest.raises(BoundExceeded) as raised:
             await renderer.render(CONFIRM, None, VALUES)
@@ -550,27 +550,27 @@ async def test_a_child_that_does_not_answer_is_killed_at_the_deadline() -> None:
         assert raised.value.detail == (
             f"takes longer than {RENDER_DEADLINE_S:g} s to render (the time bound)"
         )
-        assert child not in _children()
+        assert child not in children()
         assert (await renderer.render(CONFIRM, None, VALUES)).subject == "Please confirm, Ada"
     finally:
         await renderer.close()
-    assert set(_children()) <= others
+    assert set(children()) <= others
 
 
 async def test_a_child_killed_from_outside_is_replaced_and_the_render_asked_again() -> None:
     """The OOM killer or an operator may kill a child mid-render: not the template's fault."""
-    others = set(_children())
+    others = set(children())
     renderer = Renderer(children=1)
     try:
         await renderer.check(CONFIRM)
-        [child] = set(_children()) - others
+        [child] = set(children()) - others
         os.kill(child, signal.SIGSTOP)  # the request is written, then it dies unanswered
         rendering = asyncio.ensure_future(renderer.render(CONFIRM, None, VALUES))
         await asyncio.sleep(0.1)
         os.kill(child, signal.SIGKILL)
 
         assert (await rendering).subject == "Please confirm, Ada"
-        assert child not in _children()
+        assert child not in children()
     finally:
         await renderer.close()
 
@@ -609,15 +609,3 @@ async def test_the_renderer_raises_what_render_raises(renderer: Renderer) -> Non
         await renderer.check(_plain("{{ name }"))
     url = await renderer.render_lookup_url(CONFIRM, {"to": "a+b@example.com"})
     assert url == "http://crm.internal/supporters?email=a%2Bb%40example.com"
-
-
-def _children() -> list[int]:
-    """The processes this one started that are still running."""
-    found = []
-    for pid in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == os.getpid() and fields[0] != "Z":
-                found.append(int(pid))
-    return found
