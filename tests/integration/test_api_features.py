@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from support import problems
 from support.api import admin, bearer, new_endpoint, new_tenant, send
 from support.receivers import Receiver, status
 from support.served import client_of
@@ -24,7 +25,6 @@ from tidings.app import Tidings
 from tidings.channels.signing import new_secret
 from tidings.config import Settings
 
-PROBLEM = "application/problem+json"
 MESSAGES = "/v1/messages"
 DELIVERIES = "/v1/deliveries"
 ENDPOINTS = "/v1/endpoints"
@@ -71,11 +71,8 @@ async def collect_pages(
 
 
 def assert_problem(response: httpx.Response, status_code: int, fragment: str) -> None:
-    assert response.status_code == status_code, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body = response.json()
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    assert body["status"] == status_code
+    """A problem document of ``status_code`` whose detail says ``fragment``, in its case."""
+    body = problems.assert_problem(response, status_code, fragment)
     assert fragment in body["detail"], body
 
 

@@ -10,10 +10,9 @@ import httpx
 import pytest
 
 from support.api import bearer, new_endpoint, new_tenant, send
+from support.problems import assert_problem
 from support.receivers import Receiver, status
 from support.waiting import wait_for
-
-PROBLEM = "application/problem+json"
 
 
 @dataclass
@@ -90,9 +89,9 @@ async def pair(
 
 
 def assert_not_found(response: httpx.Response, fragment: str) -> None:
-    assert response.status_code == 404, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert fragment in response.json()["detail"], response.text
+    """A 404 problem document whose detail says ``fragment``, in its case."""
+    body = assert_problem(response, 404, fragment)
+    assert fragment in body["detail"], response.text
 
 
 async def test_b_gets_404_for_every_operation_on_a_endpoint(pair: Pair) -> None:

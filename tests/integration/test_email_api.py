@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from support.api import bearer, chunked, new_tenant
+from support.emails import create_template
 from support.problems import UNSET, Bad, assert_problem, refuse_each, send_bad
 from support.waiting import wait_for
 from tidings import ids
@@ -116,15 +117,6 @@ async def delivered(client: httpx.AsyncClient, key: str, email_id: str) -> dict[
 
     await wait_for(check)
     return found
-
-
-async def create_template(
-    client: httpx.AsyncClient, key: str, template: dict[str, Any]
-) -> dict[str, Any]:
-    response = await client.post(TEMPLATES, json=template, headers=bearer(key))
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def make_world(client: httpx.AsyncClient, name: str = "acme") -> World:
