@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from support import problems
-from support.api import admin, bearer, new_endpoint, new_tenant, send
+from support.api import admin, bearer, get_json, new_endpoint, new_tenant, send
 from support.receivers import Receiver, status
 from support.served import client_of
 from support.waiting import wait_for
@@ -39,12 +39,6 @@ def has_id(value: str, prefix: str) -> bool:
 def parse_time(value: str) -> datetime:
     assert UTC_Z.match(value), value
     return datetime.fromisoformat(value)
-
-
-async def get_json(client: httpx.AsyncClient, path: str, key: str, **params: Any) -> Any:
-    response = await client.get(path, headers=bearer(key), params=params)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def all_deliveries(client: httpx.AsyncClient, key: str, **params: Any) -> list[Any]:

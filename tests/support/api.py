@@ -23,6 +23,13 @@ def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
+async def get_json(client: httpx.AsyncClient, path: str, key: str, **params: Any) -> Any:
+    """``GET path`` with the tenant's ``key``, which must succeed; the JSON it answered."""
+    response = await client.get(path, headers=bearer(key), params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 async def new_tenant(client: httpx.AsyncClient, name: str = "acme") -> tuple[str, str]:
     """A new tenant and an API key for it: ``(tenant_id, key)``."""
     response = await client.post(
@@ -46,9 +53,7 @@ async def new_endpoint(
 
 async def endpoint_of(client: httpx.AsyncClient, key: str, endpoint_id: str) -> dict[str, Any]:
     """``GET /v1/endpoints/{endpoint_id}``, which must succeed."""
-    response = await client.get(f"/v1/endpoints/{endpoint_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
+    body: dict[str, Any] = await get_json(client, f"/v1/endpoints/{endpoint_id}", key)
     return body
 
 
@@ -84,16 +89,12 @@ async def send(
 
 
 async def delivery_states(client: httpx.AsyncClient, key: str, message_id: str) -> list[str]:
-    response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    return [d["state"] for d in response.json()["deliveries"]]
+    return [d["state"] for d in (await message_of(client, key, message_id))["deliveries"]]
 
 
 async def message_of(client: httpx.AsyncClient, key: str, message_id: str) -> dict[str, Any]:
     """``GET /v1/messages/{message_id}``, which must succeed."""
-    response = await client.get(f"/v1/messages/{message_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
+    body: dict[str, Any] = await get_json(client, f"/v1/messages/{message_id}", key)
     return body
 
 

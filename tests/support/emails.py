@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from support.api import bearer
+from support.api import bearer, get_json
 from support.waiting import wait_for
 
 CONFIRM: dict[str, Any] = {
@@ -58,9 +58,7 @@ async def send_email(client: httpx.AsyncClient, key: str, **fields: Any) -> str:
 
 async def email_of(client: httpx.AsyncClient, key: str, email_id: str) -> dict[str, Any]:
     """``GET /v1/emails/{email_id}``, which must succeed."""
-    response = await client.get(f"/v1/emails/{email_id}", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
+    body: dict[str, Any] = await get_json(client, f"/v1/emails/{email_id}", key)
     return body
 
 
@@ -80,7 +78,5 @@ async def settled_email(
 
 async def sink(client: httpx.AsyncClient, key: str) -> list[dict[str, Any]]:
     """The first page of the mail sink's emails (``GET /v1/sink/emails``), newest first."""
-    response = await client.get("/v1/sink/emails", headers=bearer(key))
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
+    data: list[dict[str, Any]] = (await get_json(client, "/v1/sink/emails", key))["data"]
     return data
