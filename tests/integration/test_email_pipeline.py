@@ -19,12 +19,11 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
 from support.api import bearer, new_endpoint, new_tenant
 from support.emails import create_template, email_of, send_email, settled_email, sink
-from support.receivers import Receiver, json_response
+from support.receivers import Receiver, json_response, serving
 from support.smtp import DROP, Mailbox
 from support.stores import BOTH_BACKENDS
 from support.waiting import wait_for
@@ -137,10 +136,7 @@ async def lookup() -> AsyncIterator[LookupServer]:
     app = web.Application()
     app[LOOKUP] = found
     app.router.add_get("/supporters", _supporters)
-    # TestServer cancels a handler whose client went away (the slow answer's).
-    async with TestServer(app, host="127.0.0.1") as server:
-        assert server.port is not None
-        found.port = server.port
+    async with serving(app) as found.port:
         yield found
 
 

@@ -17,11 +17,10 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 from structlog.testing import capture_logs
 
-from support.receivers import json_response
+from support.receivers import json_response, serving
 from tidings.channels import lookup
 from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult, Lookups
 from tidings.channels.ssrf import SsrfGuard
@@ -155,9 +154,7 @@ async def server() -> AsyncIterator[Server]:
     app[SERVER] = found
     for path, handler in _ROUTES.items():
         app.router.add_get(path, handler)
-    async with TestServer(app, host="127.0.0.1") as test_server:
-        assert test_server.port is not None
-        found.port = test_server.port
+    async with serving(app) as found.port:
         yield found
 
 

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.test_utils import TestServer
 
+from support.receivers import serving
 from tidings.channels.ssrf import GuardedResolver, SsrfGuard
 from tidings.exceptions import AddressBlocked
 
@@ -41,9 +41,8 @@ async def server() -> AsyncIterator[Server]:
 
     app = web.Application()
     app.router.add_post("/", receive)
-    async with TestServer(app, host="127.0.0.1") as test_server:
-        assert test_server.port is not None
-        yield Server(port=test_server.port, requests=seen)
+    async with serving(app) as port:
+        yield Server(port=port, requests=seen)
 
 
 class FakeDns(AbstractResolver):

@@ -5,15 +5,26 @@ test can give through them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """``app`` served on 127.0.0.1 until the end; its port. (aiohttp's TestServer, which
+    cancels a handler whose client went away, as a slow answer's does.)"""
+    async with TestServer(app, host="127.0.0.1") as server:
+        assert server.port is not None
+        yield server.port
 
 
 @dataclass
