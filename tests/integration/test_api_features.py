@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from support import problems
 from support.api import admin, bearer, get_json, new_endpoint, new_tenant, send
+from support.metrics import metric_samples
 from support.receivers import Receiver, status
 from support.served import client_of
 from support.waiting import wait_for
@@ -614,14 +614,6 @@ async def test_health_and_readiness_answer_without_credentials(client: httpx.Asy
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
     ready = await client.get("/readyz")
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
-
-
-def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def expected_zero_series() -> list[tuple[str, dict[str, str]]]:

@@ -9,7 +9,6 @@ lookup server is an aiohttp server whose answer each test picks.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from aiohttp.typedefs import Handler
 
 from support.api import bearer, new_endpoint, new_tenant
 from support.emails import create_template, email_of, send_email, settled_email, sink
+from support.metrics import metric
 from support.receivers import Receiver, json_response, serving
 from support.smtp import DROP, Mailbox
 from support.stores import BOTH_BACKENDS
@@ -41,22 +41,6 @@ VARIANTS = {"true": {"text": "One button: confirm. {{ name }}"}}
 # API shortcuts -------------------------------------------------------------------------
 
 pytestmark = BOTH_BACKENDS
-
-
-_SAMPLE = re.compile(
-    r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$", re.MULTILINE
-)
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float | None:
-    """The value of the sample ``name`` with exactly ``labels`` in /metrics; None if absent."""
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    for sample in _SAMPLE.finditer(response.text):
-        if sample["name"] == name and dict(_LABEL.findall(sample["labels"] or "")) == labels:
-            return float(sample["value"])
-    return None
 
 
 async def lookups_counted(
