@@ -24,11 +24,10 @@ async def create_template(
 ) -> dict[str, Any]:
     """``POST /v1/templates`` of ``template`` with ``fields`` changed, which must succeed;
     the template as created."""
-    body = {**template, **fields}
-    response = await client.post("/v1/templates", json=body, headers=bearer(key))
+    response = await client.post("/v1/templates", json={**template, **fields}, headers=bearer(key))
     assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    created: dict[str, Any] = response.json()
+    return created
 
 
 async def post_email(

@@ -41,11 +41,11 @@ class PostgresServer:
     def create(self, template: str | None) -> str:
         name = f"tidings_test_{uuid.uuid4().hex[:16]}"
         copy = f" TEMPLATE {template}" if template else ""
-        self.admin.execute(f"CREATE DATABASE {name}{copy}")  # type: ignore[arg-type]
+        self.admin.execute(f"CREATE DATABASE {name}{copy}")
         return name
 
     def drop(self, name: str) -> None:
-        self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+        self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @contextlib.contextmanager
