@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from support import problems
-from support.api import admin, bearer, get_json, new_endpoint, new_tenant, send
+from support.api import admin, bearer, collect_pages, get_json, new_endpoint, new_tenant, send
 from support.metrics import metric_samples
 from support.receivers import Receiver, status
 from support.served import client_of
@@ -46,22 +46,6 @@ async def all_deliveries(client: httpx.AsyncClient, key: str, **params: Any) -> 
     assert page["next_cursor"] is None
     found: list[Any] = page["data"]
     return found
-
-
-async def collect_pages(
-    client: httpx.AsyncClient, key: str, path: str, limit: int, **params: Any
-) -> list[dict[str, Any]]:
-    """Follow ``next_cursor`` from the first page to the last."""
-    pages: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query = {"limit": limit, **params, **({"cursor": cursor} if cursor else {})}
-        page = await get_json(client, path, key, **query)
-        pages.append(page)
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return pages
-        assert len(pages) < 100, "pagination does not end"
 
 
 def assert_problem(response: httpx.Response, status_code: int, fragment: str) -> None:

@@ -112,19 +112,26 @@ async def settled(
     return found
 
 
-async def deliveries(http: httpx.AsyncClient, key: str, **params: str) -> list[dict[str, Any]]:
-    """Every page of ``GET /v1/deliveries`` with ``params``."""
-    found: list[dict[str, Any]] = []
+async def collect_pages(
+    client: httpx.AsyncClient, key: str, path: str, limit: int, **params: Any
+) -> list[dict[str, Any]]:
+    """Follow ``next_cursor`` from the first page to the last."""
+    pages: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        query = {"limit": "1000", **params} | ({"cursor": cursor} if cursor else {})
-        response = await http.get("/v1/deliveries", params=query, headers=bearer(key))
-        assert response.status_code == 200, response.text
-        page = response.json()
-        found.extend(page["data"])
+        query = {"limit": limit, **params, **({"cursor": cursor} if cursor else {})}
+        page = await get_json(client, path, key, **query)
+        pages.append(page)
         cursor = page["next_cursor"]
-        if not cursor:
-            return found
+        if cursor is None:
+            return pages
+        assert len(pages) < 100, "pagination does not end"
+
+
+async def deliveries(http: httpx.AsyncClient, key: str, **params: str) -> list[dict[str, Any]]:
+    """Every page of ``GET /v1/deliveries`` with ``params``."""
+    pages = await collect_pages(http, key, "/v1/deliveries", 1000, **params)
+    return [delivery for page in pages for delivery in page["data"]]
 
 
 def chunked(body: bytes, size: int = 16 * 1024) -> Callable[[], AsyncIterator[bytes]]:
