@@ -45,8 +45,8 @@ HOSTILE = {
     "format": ("{{ '%0200000000d'|format(1) }}", f"text: {MEMORY}"),
     "method": ("{{ 'x'.ljust(200000000) }}", f"text: {MEMORY}"),
     "aliased": (_ALIASED, f"text: {MEMORY}"),
-    "loops": (
-        "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
+    "loops": (  # 10^8 turns: on a fast, idle machine 25 * 10^6 ended inside the time bound
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
         f"text: {TIME}",
     ),
 }
