@@ -10,7 +10,8 @@ from ipaddress import ip_network
 
 import pytest
 
-from support import Receiver, an_endpoint, hang, status
+from support.factories import an_endpoint
+from support.receivers import Receiver, hang, status
 from tidings.channels.ssrf import SsrfGuard
 from tidings.channels.webhook import WebhookChannel, Webhooks
 from tidings.clock import FakeClock
