@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from support.api import bearer, new_endpoint, new_tenant
 from support.emails import create_template, post_email, settled_email
 from support.receivers import Receiver
+from support.served import started
 from support.waiting import wait_for
 from tidings.app import Tidings
 
@@ -102,12 +103,8 @@ async def test_a_templates_lookup_series_exist_after_a_restart(
     _, key = await new_tenant(client)
     await create_template(client, key, name="welcome")
 
-    later = Tidings(make_settings())
-    await later.start()
-    try:
+    async with started(make_settings()) as later:
         exposed = generate_latest(later.metrics.registry).decode()
-    finally:
-        await later.stop()
 
     assert 'tidings_lookup_total{outcome="error",reason="timeout",template="welcome"} 0.0' in (
         exposed

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from support.api import bearer, new_endpoint, new_tenant, send
 from support.receivers import Receiver
-from support.served import served
+from support.served import served, started
 from support.stores import BOTH_BACKENDS, ENCRYPTION_KEY
 from support.waiting import wait_for
 from tidings.app import Tidings, load_keys, open_secrets
@@ -162,13 +162,9 @@ async def test_a_sealed_secret_copied_to_another_endpoint_does_not_open(
     stolen, _ = stored_secrets(database_url, theirs["id"])
     raw(database_url, "UPDATE endpoints SET secret = %s WHERE id = %s", stolen, mine["id"])
 
-    app = Tidings(settings)
-    await app.start()
-    try:
+    async with started(settings) as app:
         with pytest.raises(EncryptionKeyError, match=f"endpoint:{mine['id']}:secret does not"):
             await app.store.get_endpoint(tenant_id, mine["id"])
-    finally:
-        await app.stop()
 
 
 @BOTH_BACKENDS
