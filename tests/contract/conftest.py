@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support import KEYRING
+from support.stores import KEYRING
 from tidings.store import Store, open_store
 
 BACKENDS = ["memory", "sqlite", "postgresql"]

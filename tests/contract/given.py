@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from support import an_endpoint
+from support.factories import an_endpoint
 from tidings import ids
 from tidings.domain.models import (
     Accepted,

@@ -11,7 +11,7 @@ import pytest
 
 import given
 from given import NOW
-from support import ENCRYPTION_KEY, KEYRING
+from support.stores import ENCRYPTION_KEY, KEYRING
 from tidings import ids
 from tidings.crypto import Keyring, generate_key
 from tidings.domain.models import (

@@ -23,7 +23,8 @@ import hypothesis
 from hypothesis import strategies as st
 
 from given import NOW
-from support import KEYRING, an_endpoint
+from support.factories import an_endpoint
+from support.stores import KEYRING
 from tidings import ids
 from tidings.domain.models import (
     Accepted,

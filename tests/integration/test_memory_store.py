@@ -10,18 +10,12 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from support import (
-    ENCRYPTION_KEY,
-    KEYRING,
-    Receiver,
-    an_endpoint,
-    delivery_states,
-    new_endpoint,
-    new_tenant,
-    send,
-    served,
-    wait_for,
-)
+from support.api import delivery_states, new_endpoint, new_tenant, send
+from support.factories import an_endpoint
+from support.receivers import Receiver
+from support.served import served
+from support.stores import ENCRYPTION_KEY, KEYRING
+from support.waiting import wait_for
 from tidings.config import Settings
 from tidings.domain.models import ApiKey, NewMessage, Tenant
 from tidings.exceptions import StoreUnavailable
