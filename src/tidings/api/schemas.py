@@ -65,10 +65,12 @@ Schedule = Annotated[
     Field(min_length=1, max_length=MAX_SCHEDULE_LENGTH),
     BeforeValidator(_schedule),
 ]
-_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+PORT_PATTERN = (
+    r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
 URL_PATTERN = (
     r"^https?://(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*"
-    rf"(?::{_PORT})?(?:[/?#][^\x00-\x20\x7f]*)?$"
+    rf"(?::{PORT_PATTERN})?(?:[/?#][^\x00-\x20\x7f]*)?$"
 )
 _URL_RULES = (
     "An http or https URL naming its host (the pattern). An IP literal is accepted too, "
