@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-
 import given
+from support.stores import hearing
 from tidings.store import Changed, Store
 
 
@@ -23,20 +21,9 @@ async def test_a_store_alone_leads(store: Store) -> None:
     assert await store.lead() is True  # and keeps leading
 
 
-def _hearing(heard: list[Changed]) -> Callable[[Changed], None]:
-    """A listener that keeps what this process's own writes told (on the thread that
-    wrote), not what PostgreSQL's listener relays (another process's, or its echo)."""
-
-    def hear(changed: Changed) -> None:
-        if threading.current_thread().name != "tidings-store-listener":
-            heard.append(changed)
-
-    return hear
-
-
 async def test_a_committed_write_is_heard_in_process_before_it_returns(store: Store) -> None:
     heard: list[Changed] = []
-    await store.listen(_hearing(heard))
+    await store.listen(hearing(heard))
     tenant_id = await given.tenant(store)
     assert heard == []  # a new tenant changes nothing a listener keeps
     endpoint = await given.endpoint(store, tenant_id)

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from support.factories import an_endpoint
-from support.stores import KEYRING
+from support.stores import KEYRING, hearing
 from tidings import ids
 from tidings.domain.models import (
     Accepted,
@@ -78,21 +77,10 @@ async def test_sqlite_connections_sync_fully(tmp_path: Path) -> None:
     await store.close()
 
 
-def _hearing(heard: list[Changed]) -> Callable[[Changed], None]:
-    """A listener that keeps what this process's own writes told (on the thread that
-    wrote), not what PostgreSQL's listener relays (another process's, or its echo)."""
-
-    def hear(changed: Changed) -> None:
-        if threading.current_thread().name != "tidings-store-listener":
-            heard.append(changed)
-
-    return hear
-
-
 async def test_a_write_that_rolls_back_is_never_heard(store: Store) -> None:
     assert isinstance(store, SqlStore)
     heard: list[Changed] = []
-    await store.listen(_hearing(heard))
+    await store.listen(hearing(heard))
 
     def announce_then_fail() -> None:
         with store._write() as conn:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from tidings.crypto import Keyring
-from tidings.store import open_store
+from tidings.store import Changed, open_store
 
 # The test suite's store key (base64url of b"tidings test encryption key 0001").
 ENCRYPTION_KEY = "dGlkaW5ncyB0ZXN0IGVuY3J5cHRpb24ga2V5IDAwMDE"
@@ -74,3 +75,14 @@ def migrate(url: str) -> None:
 
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, run()).result()
+
+
+def hearing(heard: list[Changed]) -> Callable[[Changed], None]:
+    """A store listener that keeps what this process's own writes told (on the thread
+    that wrote), not what PostgreSQL's listener relays (another process's, or its echo)."""
+
+    def hear(changed: Changed) -> None:
+        if threading.current_thread().name != "tidings-store-listener":
+            heard.append(changed)
+
+    return hear
