@@ -308,8 +308,9 @@ def load_keys(settings: Settings, store: Secrets) -> Keys:
     path = store.key_file()
     if path is None:
         raise EncryptionKeyError(
-            "TIDINGS_ENCRYPTION_KEY is required with PostgreSQL: it encrypts the endpoints' "
-            "signing secrets, and every process needs the same one. Make one with "
+            "TIDINGS_ENCRYPTION_KEY is required with PostgreSQL (and with memory://, which "
+            "keeps no file beside it): it encrypts the endpoints' signing secrets, and every "
+            "process needs the same one. Make one with "
             "`tidings generate-encryption-key`."
         )
     keyring, made = key_file(path)

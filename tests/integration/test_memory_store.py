@@ -16,9 +16,10 @@ from support.receivers import Receiver
 from support.served import served
 from support.stores import ENCRYPTION_KEY, KEYRING
 from support.waiting import wait_for
+from tidings.app import Tidings
 from tidings.config import Settings
 from tidings.domain.models import ApiKey, NewMessage, Tenant
-from tidings.exceptions import StoreUnavailable
+from tidings.exceptions import EncryptionKeyError, StoreUnavailable
 from tidings.store import open_store
 from tidings.store.memory import MemoryStore
 from tidings.store.ports import Change, Changed
@@ -87,3 +88,14 @@ async def test_a_closed_store_answers_nothing() -> None:
         await store.ping()
     with pytest.raises(StoreUnavailable):
         await store.get_tenant("tnt_1")
+
+
+async def test_without_an_encryption_key_memory_refuses_to_start_and_says_why() -> None:
+    app = Tidings(Settings(database_url="memory://", admin_token=SecretStr("admin")))
+
+    with pytest.raises(EncryptionKeyError) as caught:
+        await app.start()
+    await app.store.close()
+
+    assert "TIDINGS_ENCRYPTION_KEY is required" in caught.value.detail
+    assert "memory://" in caught.value.detail
