@@ -149,3 +149,18 @@ def test_a_drain_never_runs_faster_than_its_rate(count: int, rate: float) -> Non
     step = timedelta(seconds=1 / rate)
     for earlier, later in itertools.pairwise(times):
         assert later - earlier == step
+
+
+def test_a_replay_retries_what_an_active_endpoint_lost_and_holds_what_a_suspended_one_did() -> None:
+    E, D = EndpointState, DeliveryState
+    expected = {
+        (E.ACTIVE, D.DEAD): D.PENDING,
+        (E.ACTIVE, D.HELD): D.PENDING,
+        (E.SUSPENDED, D.DEAD): D.HELD,
+    }
+
+    for endpoint_state, state in itertools.product(E, D):
+        assert fanout.replayed(endpoint_state, state) == expected.get((endpoint_state, state)), (
+            endpoint_state,
+            state,
+        )

@@ -15,6 +15,9 @@ without a database. The store does the reading, the id making and the writing.
   endpoint is pending (:func:`first_state`). It is due at once, unless the
   endpoint's own retry schedule delays even the first attempt
   (:func:`first_attempt_at`).
+* A replay gives a dead or held delivery of an active endpoint another go, due at
+  once, and holds a dead one of a suspended endpoint, to drain when it resumes; a
+  disabled endpoint's deliveries stay as they are (:data:`REPLAYS`, :func:`replayed`).
 * On resumption the held deliveries drain paced, oldest first, at the endpoint's
   drain rate, never faster than its own rate limit (:func:`drain_rate`,
   :func:`drain_schedule`).
@@ -26,7 +29,14 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from tidings.domain.models import DeliveryState, Endpoint, EndpointKind, EndpointState, NewMessage
+from tidings.domain.models import (
+    REPLAYABLE_STATES,
+    DeliveryState,
+    Endpoint,
+    EndpointKind,
+    EndpointState,
+    NewMessage,
+)
 
 T = TypeVar("T")
 
@@ -103,6 +113,21 @@ def first_delay(endpoint: Endpoint) -> float:
 def first_attempt_at(endpoint: Endpoint, now: datetime) -> datetime:
     """When a delivery made at ``now`` is first due (its ``next_attempt_at``)."""
     return now + timedelta(seconds=first_delay(endpoint))
+
+
+REPLAYS: dict[EndpointState, tuple[frozenset[DeliveryState], DeliveryState]] = {
+    EndpointState.ACTIVE: (frozenset(REPLAYABLE_STATES), DeliveryState.PENDING),
+    EndpointState.SUSPENDED: (frozenset({DeliveryState.DEAD}), DeliveryState.HELD),
+}
+"""By the endpoint's state: which delivery states a replay takes, and the state it
+gives them (a pending one is due at once)."""
+
+
+def replayed(endpoint_state: EndpointState, state: DeliveryState) -> DeliveryState | None:
+    """The state a replay gives a delivery in ``state`` of an endpoint in
+    ``endpoint_state``, or None when the replay leaves it alone."""
+    taken, to = REPLAYS.get(endpoint_state, (frozenset(), state))
+    return to if state in taken else None
 
 
 def drain_rate(endpoint: Endpoint) -> float:

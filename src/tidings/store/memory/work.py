@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from tidings.domain import fanout
 from tidings.domain.circuit import Breaker, CircuitState
 from tidings.domain.models import (
-    REPLAYABLE_STATES,
     AttemptResult,
     Claimed,
     Claims,
@@ -234,14 +234,12 @@ def replay(tables: Tables, tenant_id: str, selector: ReplaySelector, now: dateti
         ):
             continue
         endpoint = tables.endpoints.get(row.endpoint_id)
-        state = None if endpoint is None else endpoint.state
-        if state is EndpointState.ACTIVE and row.state in REPLAYABLE_STATES:
-            tables.move(row, DeliveryState.PENDING, now)
-            row.next_attempt_at = now
-        elif state is EndpointState.SUSPENDED and row.state is DeliveryState.DEAD:
-            tables.move(row, DeliveryState.HELD, now)
-        else:
+        to = None if endpoint is None else fanout.replayed(endpoint.state, row.state)
+        if to is None:
             continue
+        tables.move(row, to, now)
+        if to is DeliveryState.PENDING:
+            row.next_attempt_at = now
         row.retry_base = row.attempts
         row.dead_reason = None
         replayed += 1

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from tidings.domain import fanout
 from tidings.domain.models import (
-    REPLAYABLE_STATES,
     Accepted,
     Delivery,
     DeliveryFilter,
@@ -96,33 +96,22 @@ class MessageRecords(SqlCore):
             return _d.c.endpoint_id.in_(select(endpoints.c.id).where(endpoints.c.state == state))
 
         with self._write() as conn:
-            pending = conn.execute(
-                update(_d)
-                .where(*conditions, _d.c.state.in_(REPLAYABLE_STATES), of(EndpointState.ACTIVE))
-                .values(
-                    state=DeliveryState.PENDING,
-                    retry_base=_d.c.attempts,
-                    next_attempt_at=now,
-                    dead_reason=None,
-                    updated_at=now,
-                )
-            )
-            held = conn.execute(
-                update(_d)
-                .where(
-                    *conditions,
-                    _d.c.state == DeliveryState.DEAD,
-                    of(EndpointState.SUSPENDED),
-                )
-                .values(
-                    state=DeliveryState.HELD,
-                    retry_base=_d.c.attempts,
-                    dead_reason=None,
-                    updated_at=now,
-                )
-            )
+            replayed = 0
+            for endpoint_state, (taken, to) in fanout.REPLAYS.items():
+                due = {"next_attempt_at": now} if to is DeliveryState.PENDING else {}
+                replayed += conn.execute(
+                    update(_d)
+                    .where(*conditions, _d.c.state.in_(taken), of(endpoint_state))
+                    .values(
+                        state=to,
+                        retry_base=_d.c.attempts,
+                        dead_reason=None,
+                        updated_at=now,
+                        **due,
+                    )
+                ).rowcount
             self._announce(conn, Change.WORK)
-        return int(pending.rowcount) + int(held.rowcount)
+        return replayed
 
     @writes
     def purge_idempotency_keys(self, before: datetime) -> int:
