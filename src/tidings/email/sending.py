@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,7 +41,7 @@ from tidings.email.renderer import Renderer
 from tidings.email.stored import template_of
 from tidings.events import Bus, LookupDone
 from tidings.exceptions import InvalidInput
-from tidings.store.ports import Store
+from tidings.store.ports import Emails, Templates
 
 SINK_REPLY = "250 2.0.0 kept by the tidings mail sink"
 TEMPLATE_TTL_S = 1.0
@@ -56,10 +56,14 @@ class SentEmail(Sent):
     choice: Choice
 
 
+class TemplatesAndSink(Templates, Emails, Protocol):
+    """What sending asks of the store: a tenant's templates, and the mail sink."""
+
+
 class EmailSender:
     def __init__(
         self,
-        store: Store,
+        store: TemplatesAndSink,
         lookups: Lookups,
         events: Bus,
         *,
