@@ -198,7 +198,7 @@ class Tidings:
         else:  # new work; an ingest's names its endpoints, for the dispatcher to look at
             asyncio.get_running_loop().call_soon(self.dispatcher.wake, changed.endpoint_ids)
 
-    def _led(self, duty: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    def _led(self, duty: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """``duty``, run only by the process that leads (one per store at a time)."""
 
         async def run() -> None:
@@ -245,7 +245,7 @@ class Tidings:
         self.admin_token_hash = stored
 
     def _every(
-        self, interval_s: float, job: Callable[[], Awaitable[object]]
+        self, interval_s: float, job: Callable[[], Awaitable[None]]
     ) -> Callable[[], Awaitable[None]]:
         async def loop() -> None:
             while True:

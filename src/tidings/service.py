@@ -35,7 +35,6 @@ from tidings.domain.alarms import merged_overrides, policy_of
 from tidings.domain.models import (
     Accepted,
     ApiKey,
-    DeliveryState,
     EmailRequest,
     Endpoint,
     EndpointState,
@@ -161,7 +160,7 @@ class Service:
             NewMessage(tenant_id, "email", request, idempotency_key, hashed, email)
         )
 
-    async def count_queue(self) -> tuple[Mapping[DeliveryState, int], float]:
+    async def count_queue(self) -> None:
         """The deliveries in each state, and how long the one waiting longest since it
         fell due has waited (0: none), as told to the bus (:class:`QueueCounted`)."""
         now = self._clock.now()
@@ -169,15 +168,13 @@ class Service:
         waited = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
         depth = await self._store.queue_depth()
         self._events.emit(QueueCounted(depth, waited))
-        return depth, waited
 
-    async def purge_idempotency_keys(self) -> int:
-        """Forget the Idempotency-Keys older than ``TIDINGS_IDEMPOTENCY_TTL``; how many."""
+    async def purge_idempotency_keys(self) -> None:
+        """Forget the Idempotency-Keys older than ``TIDINGS_IDEMPOTENCY_TTL`` (logged)."""
         before = self._clock.now() - self._settings.idempotency_ttl
         purged = await self._store.purge_idempotency_keys(before)
         if purged:
             log.info("idempotency_keys_purged", count=purged)
-        return purged
 
     async def _ingest(self, batch: Sequence[NewMessage]) -> list[Accepted | Conflict]:
         ttl = self._settings.idempotency_ttl.total_seconds()

@@ -78,7 +78,7 @@ def test_an_expired_decision_names_its_cause() -> None:
 
 def test_only_a_dead_decision_has_a_cause() -> None:
     with pytest.raises(ValueError, match="cause"):
-        Decision(Verdict.DEAD, reason="exhausted: 1 attempt")
+        Decision(Verdict.DEAD, detail="1 attempt")
     with pytest.raises(ValueError, match="cause"):
         Decision(Verdict.SUCCEEDED, cause=DeadReason.GONE)
 

@@ -74,7 +74,9 @@ def test_a_dead_attempt_counts_under_its_cause() -> None:
     metrics.observe(_finished(Outcome(503), decision))
 
     assert _value(metrics, "tidings_attempts_total", outcome="failure", status_class="5xx") == 1
-    assert _value(metrics, "tidings_endpoint_attempts_total", endpoint="ep_1", outcome="failure")
+    assert (
+        _value(metrics, "tidings_endpoint_attempts_total", endpoint="ep_1", outcome="failure") == 1
+    )
     assert _value(metrics, "tidings_deliveries_total", outcome="dead") == 1
     assert _value(metrics, "tidings_deliveries_dead_total", reason="exhausted") == 1
     assert _value(metrics, "tidings_delivery_latency_seconds_count") == 0
@@ -154,4 +156,10 @@ def test_events_no_metric_counts_are_ignored() -> None:
     class Unknown(Event):
         __slots__ = ()
 
-    Metrics().observe(Unknown())
+    metrics = Metrics()
+    before = [(s.name, s.labels, s.value) for m in metrics.registry.collect() for s in m.samples]
+
+    metrics.observe(Unknown())
+
+    after = [(s.name, s.labels, s.value) for m in metrics.registry.collect() for s in m.samples]
+    assert after == before

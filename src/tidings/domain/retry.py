@@ -129,9 +129,8 @@ class Decision:
     verdict: Verdict
     next_attempt_at: datetime | None = None
     """When to try again; set for :attr:`Verdict.RETRY` only."""
-    reason: str | None = None
-    """Why the message is dead, as stored and shown; always set for :attr:`Verdict.DEAD`,
-    written by its :attr:`cause` (see :meth:`DeadReason.because`)."""
+    detail: str | None = None
+    """What made it dead, in words (``"8 attempts"``); set for :attr:`Verdict.DEAD` only."""
     disable_endpoint: bool = False
     """True when the endpoint answered ``410 Gone`` and should be disabled."""
     cause: DeadReason | None = None
@@ -140,20 +139,32 @@ class Decision:
     def __post_init__(self) -> None:
         if (self.verdict is Verdict.RETRY) != (self.next_attempt_at is not None):
             raise ValueError("next_attempt_at is required for RETRY and only for RETRY")
-        if self.verdict is Verdict.DEAD and not (self.reason and self.cause):
-            raise ValueError("a DEAD decision needs a reason and its cause")
-        if self.verdict is not Verdict.DEAD and self.cause is not None:
-            raise ValueError("only a DEAD decision has a cause")
+        dead = self.verdict is Verdict.DEAD
+        if (dead and (self.cause is None or self.detail is None)) or (
+            not dead and (self.cause is not None or self.detail is not None)
+        ):
+            raise ValueError(
+                "a DEAD decision, and only a DEAD one, has a reason: a cause and its detail"
+            )
+
+    @property
+    def reason(self) -> str | None:
+        """Why the message is dead, as stored and shown: its :attr:`cause` writes it from
+        :attr:`detail` (see :meth:`DeadReason.because`)."""
+        return None if self.cause is None else self.cause.because(self.detail or "")
 
     @classmethod
     def dead(cls, cause: DeadReason, detail: str, *, disable_endpoint: bool = False) -> Decision:
         """A DEAD decision whose reason ``cause`` writes from ``detail``."""
-        return cls(
-            Verdict.DEAD,
-            reason=cause.because(detail),
-            disable_endpoint=disable_endpoint,
-            cause=cause,
-        )
+        return cls(Verdict.DEAD, detail=detail, disable_endpoint=disable_endpoint, cause=cause)
+
+
+ENDPOINT_GONE = "the endpoint answered 410 Gone"
+"""Why an endpoint was disabled: its receiver said it is gone for good."""
+ENDED_BY_DISABLE = DeadReason.DISABLED.because("the endpoint was disabled after answering 410 Gone")
+"""The reason of a waiting delivery whose endpoint was disabled."""
+ENDED_BY_DELETE = DeadReason.DELETED.because("the endpoint was deleted")
+"""The reason of a waiting delivery whose endpoint was deleted."""
 
 
 def decide(

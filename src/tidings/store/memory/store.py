@@ -57,6 +57,7 @@ from tidings.domain.models import (
     Tenant,
 )
 from tidings.domain.notices import Notice
+from tidings.domain.retry import ENDED_BY_DELETE
 from tidings.exceptions import Conflict, EncryptionKeyError, StoreUnavailable
 from tidings.store.memory import health, work
 from tidings.store.memory.ingest import ingest
@@ -282,7 +283,7 @@ class MemoryStore(Store):
         )
         t.deleted_at[endpoint_id] = now
         self._announce(Change.ENDPOINTS)
-        return work.kill_waiting(t, [endpoint_id], work.DELETED, now)
+        return work.kill_waiting(t, [endpoint_id], ENDED_BY_DELETE, now)
 
     async def active_endpoints(self) -> list[Endpoint]:
         return self._endpoints_in(EndpointState.ACTIVE)

@@ -27,11 +27,9 @@ from tidings.domain.models import (
     EndpointState,
     ReplaySelector,
 )
+from tidings.domain.retry import ENDED_BY_DELETE, ENDED_BY_DISABLE, ENDPOINT_GONE
 from tidings.store.memory.tables import DeliveryRow, Tables, minute_of
 
-DELETED = "deleted: the endpoint was deleted"
-GONE = "the endpoint answered 410 Gone"
-DISABLED = "disabled: the endpoint was disabled after answering 410 Gone"
 _WAITING = (DeliveryState.PENDING, DeliveryState.HELD)
 
 
@@ -116,9 +114,9 @@ def end_orphans(tables: Tables, now: datetime) -> None:
     those of endpoints suspended meanwhile are held."""
     for endpoint in list(tables.endpoints.values()):
         if endpoint.id in tables.deleted_at:
-            kill_waiting(tables, [endpoint.id], DELETED, now)
+            kill_waiting(tables, [endpoint.id], ENDED_BY_DELETE, now)
         elif endpoint.state is EndpointState.DISABLED:
-            kill_waiting(tables, [endpoint.id], DISABLED, now)
+            kill_waiting(tables, [endpoint.id], ENDED_BY_DISABLE, now)
         elif endpoint.state is EndpointState.SUSPENDED:
             for row in tables.waiting_of(endpoint.id, DeliveryState.PENDING):
                 tables.move(row, DeliveryState.HELD, now)
@@ -158,7 +156,10 @@ def record_results(
             EndpointState.SUSPENDED,
         ):
             tables.endpoints[endpoint_id] = replace(
-                endpoint, state=EndpointState.DISABLED, disabled_reason=GONE, updated_at=now
+                endpoint,
+                state=EndpointState.DISABLED,
+                disabled_reason=ENDPOINT_GONE,
+                updated_at=now,
             )
     waiting = {r.endpoint_id for r in results if r.state is DeliveryState.PENDING}
     return _end_waiting(tables, waiting, gone, now)
@@ -194,7 +195,7 @@ def _end_waiting(tables: Tables, waiting: set[str], gone: set[str], now: datetim
         for e in sorted(waiting | gone)
         if e in tables.endpoints and tables.endpoints[e].state is EndpointState.DISABLED
     ]
-    return kill_waiting(tables, disabled, DISABLED, now)
+    return kill_waiting(tables, disabled, ENDED_BY_DISABLE, now)
 
 
 def _count_minutes(tables: Tables, results: Sequence[AttemptResult], now: datetime) -> None:

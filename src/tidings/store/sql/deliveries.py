@@ -16,15 +16,12 @@ from sqlalchemy.engine import Connection
 
 from tidings.domain.circuit import CircuitState
 from tidings.domain.models import Claimed, DeliveryState, EndpointState
-from tidings.domain.retry import DeadReason
+from tidings.domain.retry import ENDED_BY_DELETE, ENDED_BY_DISABLE
 from tidings.store.ports import Change
 from tidings.store.sql.core import SqlCore, reads, writes
-from tidings.store.sql.hot import DISABLED
 from tidings.store.sql.schema import breakers, deliveries, endpoints
 
 _d = deliveries
-
-DELETED = DeadReason.DELETED.because("the endpoint was deleted")
 
 # Only a delivery still in flight under the lease it was claimed with goes back:
 # one whose lease ran out (and was perhaps claimed again) is left alone.
@@ -111,8 +108,8 @@ def end_orphans(conn: Connection, now: datetime) -> None:
     e = endpoints.c
     deleted = select(e.id).where(e.deleted_at.is_not(None))
     disabled = select(e.id).where(e.state == EndpointState.DISABLED, e.deleted_at.is_(None))
-    kill_waiting(conn, deleted, DELETED, now)
-    kill_waiting(conn, disabled, DISABLED, now)
+    kill_waiting(conn, deleted, ENDED_BY_DELETE, now)
+    kill_waiting(conn, disabled, ENDED_BY_DISABLE, now)
     conn.execute(
         update(_d)
         .where(

@@ -10,10 +10,11 @@ import orjson
 from sqlalchemy import insert, update
 
 from tidings.domain.models import Endpoint, EndpointKind, EndpointState, Page
+from tidings.domain.retry import ENDED_BY_DELETE
 from tidings.store.ports import Change
 from tidings.store.sql import sealing
 from tidings.store.sql.core import SqlCore, reads, writes
-from tidings.store.sql.deliveries import DELETED, kill_waiting
+from tidings.store.sql.deliveries import kill_waiting
 from tidings.store.sql.rows import (
     endpoint_of,
     endpoint_row,
@@ -97,7 +98,7 @@ class EndpointRecords(SqlCore):
                 )
             )
             self._announce(conn, Change.ENDPOINTS)
-            return kill_waiting(conn, [endpoint_id], DELETED, now)
+            return kill_waiting(conn, [endpoint_id], ENDED_BY_DELETE, now)
 
     @reads
     def active_endpoints(self) -> list[Endpoint]:

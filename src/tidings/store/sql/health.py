@@ -29,6 +29,7 @@ from tidings.domain.models import (
     Suspension,
 )
 from tidings.exceptions import Conflict
+from tidings.store.sql.rows import fields_of
 from tidings.store.sql.schema import (
     attempts,
     breakers,
@@ -211,7 +212,7 @@ def suspend(
         reason=reason,
         suspended_by=by,
     )
-    conn.execute(suspensions.insert().values(**_fields(suspension)))
+    conn.execute(suspensions.insert().values(**fields_of(suspension)))
     held = conn.execute(
         update(_d)
         .where(_d.c.endpoint_id == endpoint_id, _d.c.state == DeliveryState.PENDING)
@@ -285,10 +286,6 @@ def prune_minutes(conn: Connection, before: datetime) -> int:
     """Forget per-minute results older than any window looks back."""
     result = conn.execute(delete(endpoint_minutes).where(endpoint_minutes.c.minute < before))
     return int(result.rowcount)
-
-
-def _fields(record: Any) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in record.__slots__}
 
 
 # A held delivery goes back to pending with a fresh retry schedule, due at its turn.

@@ -16,12 +16,9 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from tidings.domain.models import AttemptResult, DeliveryState, EndpointState
-from tidings.domain.retry import DeadReason
+from tidings.domain.retry import ENDED_BY_DISABLE, ENDPOINT_GONE
 from tidings.store.sql.health import breaker_row, minute_rows
 from tidings.store.sql.schema import to_micros
-
-GONE = "the endpoint answered 410 Gone"
-DISABLED = DeadReason.DISABLED.because("the endpoint was disabled after answering 410 Gone")
 
 
 class Cursor(Protocol):
@@ -98,7 +95,7 @@ def apply_results(
         run(_SAVE_BREAKER, [breaker_row(r, now_us) for r in changed])
     gone = sorted({r.endpoint_id for r in results if r.disable_endpoint})
     if gone:
-        run(_DISABLE_ENDPOINT, [(GONE, now_us, e) for e in gone])
+        run(_DISABLE_ENDPOINT, [(ENDPOINT_GONE, now_us, e) for e in gone])
     # Retries of an endpoint disabled meanwhile (by a 410 here or earlier) would
     # wait for ever: they end now. Those of one suspended meanwhile are held.
     waiting = sorted({r.endpoint_id for r in results if r.state is DeliveryState.PENDING})
@@ -107,7 +104,7 @@ def apply_results(
     if waiting:
         run(_HOLD_WAITING_OF_SUSPENDED, [(now_us, e) for e in waiting])
     ended = sorted({*waiting, *gone})
-    return run(_KILL_WAITING_OF_DISABLED, [(DISABLED, now_us, e) for e in ended])
+    return run(_KILL_WAITING_OF_DISABLED, [(ENDED_BY_DISABLE, now_us, e) for e in ended])
 
 
 @lru_cache(maxsize=64)
