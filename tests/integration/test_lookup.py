@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from support.receivers import json_response, serving
 from tidings.channels import lookup
-from tidings.channels.lookup import LOOKUP_REASONS, LookupOutcome, LookupResult, Lookups
+from tidings.channels.lookup import LookupOutcome, LookupReason, LookupResult, Lookups
 from tidings.channels.ssrf import SsrfGuard
 from tidings.clock import FakeClock
 
@@ -425,7 +425,7 @@ async def test_fetch_before_open_is_a_programming_error(clock: FakeClock) -> Non
 
 
 def test_the_reasons_are_listed() -> None:
-    assert set(LOOKUP_REASONS) == {
+    assert set(LookupReason) == {
         "",
         "connect_error",
         "timeout",
@@ -437,4 +437,4 @@ def test_the_reasons_are_listed() -> None:
         "blocked",
         "breaker_open",
     }
-    assert len(LOOKUP_REASONS) == len(set(LOOKUP_REASONS))
+    assert len(LookupReason) == len(set(LookupReason))

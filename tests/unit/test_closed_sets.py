@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tidings.domain.alarms import Level
-from tidings.domain.lookup import LOOKUP_REASONS, LookupReason
+from tidings.domain.lookup import LookupReason
 from tidings.domain.notices import NoticeKind
 from tidings.domain.outcome import ErrorClass, Outcome
 from tidings.domain.retry import DeadReason, Decision, Verdict, decide
@@ -37,7 +37,6 @@ def test_the_values_are_the_stored_strings() -> None:
         "deleted",
     ]
     assert [k.value for k in NoticeKind] == ["warning", "critical", "suspended", "resumed"]
-    assert tuple(LookupReason) == LOOKUP_REASONS
     assert LookupReason.NONE == ""
 
 

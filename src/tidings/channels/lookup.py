@@ -43,12 +43,11 @@ from tidings import __version__
 from tidings.channels.ssrf import GuardedResolver, SsrfGuard
 from tidings.clock import Clock
 from tidings.domain.circuit import Breaker, BreakerPolicy
-from tidings.domain.lookup import LOOKUP_REASONS, LookupOutcome, LookupReason, LookupResult
+from tidings.domain.lookup import LookupOutcome, LookupReason, LookupResult
 from tidings.exceptions import AddressBlocked
 
 __all__ = [
     "BREAKERS_KEPT",
-    "LOOKUP_REASONS",
     "LookupOutcome",
     "LookupReason",
     "LookupResult",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["LOOKUP_REASONS", "LookupOutcome", "LookupReason", "LookupResult"]
+__all__ = ["LookupOutcome", "LookupReason", "LookupResult"]
 
 
 class LookupOutcome(StrEnum):
@@ -34,10 +34,6 @@ class LookupReason(StrEnum):
     TOO_LARGE = "too_large"
     BLOCKED = "blocked"
     BREAKER_OPEN = "breaker_open"
-
-
-LOOKUP_REASONS: tuple[LookupReason, ...] = tuple(LookupReason)
-"""Every ``reason`` a :class:`LookupResult` can carry (``""`` unless an error)."""
 
 
 @dataclass(frozen=True, slots=True)
